@@ -1,0 +1,283 @@
+"""Typed configuration: OmegaConf structured dataclasses, YAML files, ``--set`` overrides, hashes.
+
+Every CLI builds its config the same way: the schema below, then ``--config FILE`` (YAML), then
+each ``--set key.path=value`` in order. OmegaConf does the merging and the type checks; this
+module only turns its exceptions into one :class:`ConfigError` that names the key and the source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/dataset"  # Kaggle layout: train_images/, test_images/, train_solution.csv
+    train_dir: str = "train_images"
+    test_dir: str = "test_images"
+    labels_csv: str = "train_solution.csv"
+    # Diamonds CSV from make_diamonds.py; its pseudo rows join the training part of every fold.
+    pseudo_labels: Optional[str] = None
+    # Images whose header declares more pixels than this are refused (decompression bombs).
+    max_pixels: int = 64_000_000
+    # Truncated JPEGs: decode what is there (recorded as a note) instead of refusing the file.
+    allow_truncated: bool = True
+
+
+@dataclass
+class AlignConfig:
+    enabled: bool = True  # False: no detection, the whole image is resized (ablation)
+    size: int = 512
+    margin: float = 0.2  # expand the box by this share of its width/height on each side
+    select: str = "prob"  # prob (most confident face) | largest
+    min_prob: float = 0.9
+    detect_max_side: int = 320  # detect on a copy downscaled to this longest side
+    min_face_frac: float = 0.08  # smallest face searched, as a share of the detection image side
+    jpeg_quality: int = 95
+    out: str = "data/faces_${align.size}"
+    max_unreadable_share: float = 0.01  # exit non-zero above this share of unreadable inputs
+    batch_size: int = 32
+    workers: int = 2
+    device: str = "auto"
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "convnextv2_tiny"
+    depths: Optional[list[int]] = None  # e.g. [3, 3, 12, 3] as in the original recipe
+    channels: list[str] = field(default_factory=lambda: ["rgb", "fft", "srm"])
+    pretrained: bool = False  # ImageNet weights through timm (needs internet)
+    img_size: int = 512  # network input side; aligned faces are resized on the device
+    drop_path: float = 0.1
+    head_dropout: float = 0.2
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3  # per 256 images of effective batch (scaled linearly)
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_epochs: float = 1.0
+    clip_grad: Optional[float] = 1.0
+    accum_steps: int = 1
+    layer_decay: Optional[float] = None  # layer-wise LR decay (fine-tuning)
+
+
+@dataclass
+class AugConfig:
+    hflip: float = 0.5
+    affine: float = 0.5
+    rotate_deg: float = 10.0
+    scale: list[float] = field(default_factory=lambda: [0.9, 1.1])
+    translate: float = 0.05
+    color_jitter: float = 0.5
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    hue: float = 0.02
+    blur: float = 0.1
+    jpeg: float = 0.3
+    jpeg_quality: list[int] = field(default_factory=lambda: [50, 95])
+    cutout: float = 0.2
+    cutout_frac: float = 0.25
+    sbi: float = 0.0  # share of real faces turned into self-blended pseudo-fakes
+
+
+@dataclass
+class SSLConfig:
+    enabled: bool = True
+    epochs: int = 50
+    batch_size: int = 64
+    mask_ratio: float = 0.6
+    mask_patch: int = 32  # must be a multiple of the backbone's output stride
+    remask: bool = True  # re-apply the mask after every downsampling (dense FCMAE stand-in)
+    include_test: bool = True  # unlabelled test faces are part of the SSL set (the recipe)
+    save_every: int = 0  # also checkpoint every N optimizer steps (0: at epoch ends only)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1.5e-4, weight_decay=0.05))
+    aug: AugConfig = field(
+        default_factory=lambda: AugConfig(
+            affine=0.3, color_jitter=0.3, blur=0.0, jpeg=0.0, cutout=0.0, sbi=0.0
+        )
+    )
+
+
+@dataclass
+class FinetuneConfig:
+    folds: int = 5
+    run_folds: Optional[list[int]] = None  # train only these folds (default: all)
+    epochs: int = 25
+    batch_size: int = 32
+    init: str = "ssl"  # ssl | pretrained | scratch
+    ssl_encoder: Optional[str] = None  # encoder.safetensors of another run (default: this run's)
+    label_smoothing: float = 0.1
+    ema: bool = True
+    ema_decay: float = 0.999
+    select_metric: str = "val_auc"  # val_auc | val_f1 | val_logloss | val_acc
+    group_column: Optional[str] = None  # StratifiedGroupKFold on this labels-CSV column
+    save_every: int = 0
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=5e-4, weight_decay=0.05, layer_decay=None)
+    )
+    aug: AugConfig = field(default_factory=AugConfig)
+
+
+@dataclass
+class PredictConfig:
+    tta: list[str] = field(default_factory=lambda: ["identity", "hflip", "rot+5", "rot-5"])
+    batch_size: int = 64
+
+
+@dataclass
+class DiamondsConfig:
+    high: float = 0.995
+    low: float = 0.005
+    max_per_class: Optional[int] = None
+    max_fraction: Optional[float] = None  # at most this share of the test set per class
+    balance: bool = False  # keep the fake/real ratio of the mined rows at the train prior
+
+
+@dataclass
+class RunConfig:
+    name: str = MISSING
+    dir: str = "weights/${run.name}"
+    seed: int = 42
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "auto"  # auto (bf16 where supported, else fp16 + GradScaler; fp32 on CPU) | bf16 | fp16 | off
+    channels_last: bool = True  # on CUDA only
+    compile: bool = False
+    workers: int = 4
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    diamonds: DiamondsConfig = field(default_factory=DiamondsConfig)
+
+
+# Keys that change speed or logging but never results; left out of the stage hashes so that
+# rerunning with more workers or another device still counts as the same finished stage.
+_RUNTIME_KEYS = {
+    "align": {"batch_size", "workers", "device", "max_unreadable_share"},
+    "run": {"device", "workers", "progress", "compile", "dir", "name"},
+    "predict": {"batch_size"},
+}
+
+
+def _describe(exc: OmegaConfBaseException) -> str:
+    key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
+    msg = (getattr(exc, "msg", None) or str(exc)).splitlines()[0]
+    return f"key '{key}': {msg}" if key else msg
+
+
+def _is_interpolation(cfg: DictConfig, key: str) -> bool:
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return OmegaConf.is_interpolation(node, leaf)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Schema <- YAML file <- ``key.path=value`` overrides; returns a typed, resolved config.
+
+    Raises :class:`ConfigError` naming the file or override and the offending key.
+    """
+    cfg: DictConfig = OmegaConf.structured(Config)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as exc:  # yaml.YAMLError and friends: report, do not hide
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        try:
+            cfg = OmegaConf.merge(cfg, loaded)
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"{path}: {_describe(exc)}") from exc
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key.path=value")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"--set {item}: {_describe(exc)}") from exc
+    # Interpolations of a missing value (run.dir -> run.name) would only repeat the real culprit.
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not _is_interpolation(cfg, k))
+    if missing:
+        where = f"{path}" if path is not None else "the built-in defaults"
+        raise ConfigError(f"{where}: required value(s) missing: {', '.join(missing)}")
+    try:
+        OmegaConf.resolve(cfg)
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{path or 'config'}: {_describe(exc)}") from exc
+    assert isinstance(obj, Config)
+    _check_values(obj)
+    return obj
+
+
+def _check_values(cfg: Config) -> None:
+    """Value checks that types alone cannot express."""
+    problems = []
+    if cfg.align.select not in ("prob", "largest"):
+        problems.append(f"align.select: {cfg.align.select!r} is not one of prob, largest")
+    for name in cfg.model.channels:
+        if name not in ("rgb", "fft", "srm"):
+            problems.append(f"model.channels: unknown group {name!r} (rgb, fft, srm)")
+    if not cfg.model.channels:
+        problems.append("model.channels: at least one input group is needed")
+    if cfg.finetune.init not in ("ssl", "pretrained", "scratch"):
+        problems.append(f"finetune.init: {cfg.finetune.init!r} is not one of ssl, pretrained, scratch")
+    if cfg.finetune.folds < 2:
+        problems.append("finetune.folds: at least 2 folds are needed")
+    if cfg.finetune.select_metric not in ("val_auc", "val_f1", "val_logloss", "val_acc"):
+        problems.append(f"finetune.select_metric: {cfg.finetune.select_metric!r} is not supported")
+    if cfg.run.amp not in ("auto", "bf16", "fp16", "off"):
+        problems.append(f"run.amp: {cfg.run.amp!r} is not one of auto, bf16, fp16, off")
+    if not 0.0 < cfg.ssl.mask_ratio < 1.0:
+        problems.append("ssl.mask_ratio: must be between 0 and 1")
+    if not 0.0 <= cfg.diamonds.low < 0.5 < cfg.diamonds.high <= 1.0:
+        problems.append("diamonds.low/high: need 0 <= low < 0.5 < high <= 1")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg), resolve=True)
+
+
+def stage_hash(cfg: Config, sections: list[str], extra: Any = None) -> str:
+    """Hash of the config sections that decide a stage's results (runtime-only keys left out)."""
+    full = to_dict(cfg)
+    picked = {}
+    for name in sections:
+        part = dict(full[name])
+        for key in _RUNTIME_KEYS.get(name, ()):
+            part.pop(key, None)
+        picked[name] = part
+    if extra is not None:
+        picked["extra"] = extra
+    text = json.dumps(picked, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

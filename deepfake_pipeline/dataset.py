@@ -1,0 +1,279 @@
+"""The Kaggle layout contract: listing, validation, labels, folds, and the torch Dataset.
+
+Layout under ``data.root``::
+
+    train_images/<Id>.<ext>   test_images/<Id>.<ext>   train_solution.csv (Id,target_feature)
+
+The labels CSV may name its columns ``Id``/``id`` and ``target_feature``/``target``/``label``
+(any case, a UTF-8 BOM is fine). ``target_feature`` 1 = fake, 0 = real. Ids in the CSV may carry
+an image extension or not; they are matched to image file stems and never used to build a path,
+so a CSV cannot point outside the data root.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from .config import DataConfig
+from .errors import DataValidationError, ImageReadError
+from .images import IMAGE_EXTENSIONS, image_header, read_image
+
+log = logging.getLogger(__name__)
+
+ID_COLUMNS = ("id",)
+LABEL_COLUMNS = ("target_feature", "target", "label")
+_SAFE_ID = re.compile(r"^[^/\\\x00]+$")
+
+
+@dataclass
+class Split:
+    """Images of one split: ``frame`` has columns Id, path (and target for train)."""
+
+    name: str
+    frame: pd.DataFrame
+
+
+@dataclass
+class Layout:
+    root: Path
+    train: Split
+    test: Split
+    warnings: list[str] = field(default_factory=list)
+
+
+def list_images(folder: Path) -> tuple[dict[str, Path], list[str], list[str]]:
+    """Map Id (file stem) -> path for the image files in ``folder``.
+
+    Returns (images, errors, warnings). Files with other extensions are skipped with a warning;
+    two files with one stem (``a.jpg`` and ``a.png``) are an error. Hidden files are ignored.
+    """
+    images: dict[str, Path] = {}
+    errors: list[str] = []
+    warnings: list[str] = []
+    if not folder.is_dir():
+        return images, [f"{folder}: folder not found"], warnings
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.is_dir():
+            continue
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            warnings.append(f"{path}: not an image extension, skipped")
+            continue
+        if path.stem in images:
+            errors.append(f"{path}: Id {path.stem!r} already used by {images[path.stem].name}")
+            continue
+        images[path.stem] = path
+    return images, errors, warnings
+
+
+def _pick_column(columns: list[str], names: tuple[str, ...]) -> str | None:
+    lowered = {c.strip().lower(): c for c in columns}
+    for name in names:
+        if name in lowered:
+            return lowered[name]
+    return None
+
+
+def read_labels(csv_path: Path, group_column: str | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Read a labels CSV into columns Id, target (and group). Returns (frame, errors)."""
+    errors: list[str] = []
+    if not csv_path.is_file():
+        return pd.DataFrame(columns=["Id", "target"]), [f"{csv_path}: labels CSV not found"]
+    try:
+        raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        return pd.DataFrame(columns=["Id", "target"]), [f"{csv_path}: cannot parse CSV: {exc}"]
+    id_col = _pick_column(list(raw.columns), ID_COLUMNS)
+    label_col = _pick_column(list(raw.columns), LABEL_COLUMNS)
+    if id_col is None or label_col is None:
+        hint = " (one column only: wrong delimiter?)" if len(raw.columns) == 1 else ""
+        return pd.DataFrame(columns=["Id", "target"]), [
+            f"{csv_path}: needs an Id column and one of {', '.join(LABEL_COLUMNS)}; "
+            f"found columns {list(raw.columns)}{hint}"
+        ]
+    frame = pd.DataFrame({"Id": raw[id_col].str.strip(), "label_text": raw[label_col].str.strip()})
+    if group_column:
+        gcol = _pick_column(list(raw.columns), (group_column.lower(),))
+        if gcol is None:
+            errors.append(f"{csv_path}: group column {group_column!r} not found")
+        else:
+            frame["group"] = raw[gcol].astype(str)
+    # Strip a trailing image extension so "abc.jpg" matches the file abc.jpg.
+    ext = frame["Id"].str.extract(r"(\.[A-Za-z0-9]+)$", expand=False).str.lower()
+    has_ext = ext.isin(IMAGE_EXTENSIONS)
+    frame.loc[has_ext, "Id"] = frame.loc[has_ext, "Id"].str.rsplit(".", n=1).str[0]
+    for row, (ident, text) in enumerate(zip(frame["Id"], frame["label_text"]), start=2):
+        if not ident:
+            errors.append(f"{csv_path}:{row}: empty Id")
+        elif not _SAFE_ID.match(ident) or ident in (".", ".."):
+            errors.append(f"{csv_path}:{row}: Id {ident!r} contains a path separator")
+        if text not in ("0", "1", "0.0", "1.0"):
+            errors.append(f"{csv_path}:{row}: label {text!r} for Id {ident!r} is not 0 or 1")
+    dup = frame["Id"][frame["Id"].duplicated(keep=False) & (frame["Id"] != "")]
+    for ident in sorted(set(dup)):
+        rows = [str(i + 2) for i in np.flatnonzero(frame["Id"].to_numpy() == ident)]
+        errors.append(f"{csv_path}: duplicate Id {ident!r} on rows {', '.join(rows)}")
+    frame["target"] = pd.to_numeric(frame["label_text"], errors="coerce")
+    frame = frame.drop(columns=["label_text"])
+    return frame, errors
+
+
+def load_layout(cfg: DataConfig, check_images: bool = True, group_column: str | None = None) -> Layout:
+    """List and validate the dataset under ``cfg.root``; raise DataValidationError on errors.
+
+    Errors (raise): missing folders or CSV, bad columns, duplicate Ids, labels not in {0,1},
+    CSV rows without an image, an empty train or test set.
+    Warnings (kept in ``layout.warnings`` and logged): train images without a CSV row (ignored),
+    files that are not images by extension (skipped), unreadable images (kept: the alignment
+    stage records them as ``unreadable``).
+    """
+    root = Path(cfg.root)
+    errors: list[str] = []
+    warnings: list[str] = []
+    if not root.is_dir():
+        raise DataValidationError([f"{root}: data root not found (set data.root)"])
+    train_images, e1, w1 = list_images(root / cfg.train_dir)
+    test_images, e2, w2 = list_images(root / cfg.test_dir)
+    labels, e3 = read_labels(root / cfg.labels_csv, group_column)
+    errors += e1 + e2 + e3
+    warnings += w1 + w2
+    if not errors:
+        missing = [i for i in labels["Id"] if i not in train_images]
+        for ident in missing[:200]:
+            errors.append(f"{root / cfg.labels_csv}: Id {ident!r} has no image in {cfg.train_dir}/")
+        if len(missing) > 200:
+            errors.append(f"... {len(missing) - 200} more labelled Ids without an image")
+        labelled = set(labels["Id"])
+        for ident in sorted(set(train_images) - labelled):
+            warnings.append(f"{train_images[ident]}: no row in {cfg.labels_csv}, ignored")
+        overlap = sorted(set(train_images) & set(test_images))
+        if overlap:
+            warnings.append(f"{len(overlap)} Id(s) appear in both train and test, e.g. {overlap[0]!r}")
+        if len(labels) == 0:
+            errors.append(f"{root / cfg.labels_csv}: no labelled rows")
+        if not test_images:
+            errors.append(f"{root / cfg.test_dir}: no test images")
+    if errors:
+        raise DataValidationError(errors)
+
+    train = labels.copy()
+    train["path"] = [str(train_images[i]) for i in train["Id"]]
+    train["target"] = train["target"].astype(int)
+    test = pd.DataFrame({"Id": list(test_images), "path": [str(p) for p in test_images.values()]})
+    if check_images:
+        for frame in (train, test):
+            for path in frame["path"]:
+                try:
+                    image_header(path, cfg.max_pixels)
+                except ImageReadError as exc:
+                    warnings.append(f"{exc} (will be recorded as unreadable)")
+    for line in warnings[:20]:
+        log.warning(line)
+    if len(warnings) > 20:
+        log.warning("... %d more data warnings", len(warnings) - 20)
+    return Layout(root, Split("train", train.reset_index(drop=True)), Split("test", test), warnings)
+
+
+def read_pseudo_labels(path: Path, train_ids: set[str], test_ids: set[str]) -> pd.DataFrame:
+    """Pseudo-labelled rows (is_pseudo == 1) of a diamonds CSV, checked against the layout.
+
+    Returns columns Id, target. Pseudo Ids must be test images and never train Ids.
+    """
+    if not path.is_file():
+        raise DataValidationError([f"{path}: pseudo-label CSV not found (data.pseudo_labels)"])
+    frame = pd.read_csv(path, dtype={"Id": str}, encoding="utf-8-sig")
+    needed = {"Id", "target_feature", "is_pseudo"}
+    if not needed <= set(frame.columns):
+        raise DataValidationError([f"{path}: needs columns {sorted(needed)}, has {list(frame.columns)}"])
+    pseudo = frame[frame["is_pseudo"] == 1]
+    problems = []
+    leaked = sorted(set(pseudo["Id"]) & train_ids)
+    if leaked:
+        problems.append(f"{path}: {len(leaked)} pseudo row(s) are train Ids, e.g. {leaked[0]!r}")
+    unknown = sorted(set(pseudo["Id"]) - test_ids)
+    if unknown:
+        problems.append(f"{path}: {len(unknown)} pseudo Id(s) are not test images, e.g. {unknown[0]!r}")
+    bad = pseudo[~pseudo["target_feature"].isin([0, 1])]
+    if len(bad):
+        problems.append(f"{path}: pseudo labels not in {{0,1}} for Id {bad['Id'].iloc[0]!r}")
+    if pseudo["Id"].duplicated().any():
+        problems.append(f"{path}: duplicate pseudo Ids")
+    if problems:
+        raise DataValidationError(problems)
+    return pd.DataFrame({"Id": pseudo["Id"].to_numpy(), "target": pseudo["target_feature"].astype(int)})
+
+
+def make_folds(labels: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
+    """Assign each labelled row a fold (StratifiedGroupKFold when a ``group`` column exists)."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    y = labels["target"].to_numpy()
+    counts = np.bincount(y, minlength=2)
+    if counts.min() < n_folds:
+        raise DataValidationError(
+            [f"{n_folds} folds need at least {n_folds} images of each class; have {counts.tolist()}"]
+        )
+    fold = np.full(len(labels), -1, dtype=int)
+    if "group" in labels.columns:
+        splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splits = splitter.split(np.zeros(len(y)), y, groups=labels["group"].to_numpy())
+    else:
+        splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splits = splitter.split(np.zeros(len(y)), y)
+    for k, (_, val_idx) in enumerate(splits):
+        fold[val_idx] = k
+    assert (fold >= 0).all(), "every labelled row gets a validation fold"
+    out = labels[["Id", "target"]].copy()
+    out["fold"] = fold
+    if "group" in labels.columns:
+        out["group"] = labels["group"].to_numpy()
+    return out
+
+
+class FaceDataset(Dataset):
+    """Decodes aligned face JPEGs to uint8 CHW tensors (in DataLoader workers).
+
+    Items are (image uint8 3xHxW, target float, index). Aligned faces are all written by the
+    project at one size; a file that is not a plain JPEG falls back to the robust reader, and an
+    unreadable one raises :class:`ImageReadError` naming the file (never a zero tensor).
+    """
+
+    def __init__(self, paths: list[str], targets: np.ndarray | None = None, size: int | None = None):
+        self.paths = list(paths)
+        self.targets = (
+            np.asarray(targets, dtype=np.float32) if targets is not None else np.full(len(paths), -1.0, np.float32)
+        )
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        path = self.paths[index]
+        image = decode_face(path)
+        if self.size is not None and (image.shape[1] != self.size or image.shape[2] != self.size):
+            image = torch.nn.functional.interpolate(
+                image[None].float(), size=(self.size, self.size), mode="bilinear", antialias=True,
+                align_corners=False,
+            )[0].round().clamp(0, 255).to(torch.uint8)
+        return image, torch.tensor(self.targets[index]), index
+
+
+def decode_face(path: str) -> torch.Tensor:
+    """JPEG file -> uint8 3xHxW tensor with libjpeg-turbo; other files via ``read_image``."""
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+    if path.lower().endswith((".jpg", ".jpeg")):
+        try:
+            return decode_jpeg(read_file(path), mode=ImageReadMode.RGB)
+        except RuntimeError:
+            pass  # not a clean baseline JPEG: the robust reader below decides (and names the file)
+    pixels = read_image(path).pixels
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()

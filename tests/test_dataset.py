@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from deepfake_pipeline.config import DataConfig
+from deepfake_pipeline.dataset import FaceDataset, load_layout, make_folds, read_pseudo_labels
+from deepfake_pipeline.errors import DataValidationError, ImageReadError
+from deepfake_pipeline.images import save_jpeg
+
+from .bad_inputs import unreadable_corpus
+
+
+def make_layout(root: Path, n_train: int = 6, n_test: int = 3, csv: str | None = None) -> Path:
+    rng = np.random.default_rng(0)
+    for split, n in (("train_images", n_train), ("test_images", n_test)):
+        for i in range(n):
+            save_jpeg(root / split / f"{split[:2]}{i}.jpg", rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    if csv is None:
+        csv = "Id,target_feature\n" + "".join(f"tr{i},{i % 2}\n" for i in range(n_train))
+    (root / "train_solution.csv").write_text(csv)
+    return root
+
+
+def problems_of(root: Path) -> str:
+    with pytest.raises(DataValidationError) as info:
+        load_layout(DataConfig(root=str(root)))
+    return str(info.value)
+
+
+def test_valid_layout(tmp_path: Path) -> None:
+    layout = load_layout(DataConfig(root=str(make_layout(tmp_path))))
+    assert len(layout.train.frame) == 6 and len(layout.test.frame) == 3
+    assert set(layout.train.frame.columns) >= {"Id", "path", "target"}
+    assert layout.warnings == []
+
+
+@pytest.mark.parametrize(
+    ("csv", "needle"),
+    [
+        ("Id,target_feature\ntr0,0\ntr0,1\ntr1,0\n", "duplicate Id 'tr0' on rows 2, 3"),
+        ("Id,target_feature\ntr0,0\ntr1,2\n", "label '2' for Id 'tr1'"),
+        ("Id,target_feature\ntr0,0\ntr1,-1\n", "label '-1'"),
+        ("Id,target_feature\ntr0,0\ntr1,\n", "label '' for Id 'tr1'"),
+        ("Id,target_feature\ntr0,0\ntr1,nan\n", "label 'nan'"),
+        ("Id,target_feature\ntr0,0\nnope,1\n", "Id 'nope' has no image"),
+        ("Id;target_feature\ntr0;0\n", "wrong delimiter?"),
+        ("Id,target_feature\n../../etc/passwd,1\n", "path separator"),
+        ("name,score\ntr0,0\n", "needs an Id column"),
+    ],
+)
+def test_label_csv_problems(tmp_path: Path, csv: str, needle: str) -> None:
+    assert needle in problems_of(make_layout(tmp_path, csv=csv))
+
+
+def test_accepted_csv_variants(tmp_path: Path) -> None:
+    # BOM, lower-case names, 'label' column, extra columns, Ids with extensions, spaces.
+    csv = "\ufeffid,label,source\n" + "".join(f" tr{i}.jpg ,{i % 2},x\n" for i in range(6))
+    layout = load_layout(DataConfig(root=str(make_layout(tmp_path, csv=csv))))
+    assert sorted(layout.train.frame["Id"]) == [f"tr{i}" for i in range(6)]
+    assert layout.train.frame["target"].tolist() == [0, 1, 0, 1, 0, 1]
+
+
+def test_warnings_for_extra_and_unreadable_files(tmp_path: Path) -> None:
+    root = make_layout(tmp_path)
+    save_jpeg(root / "train_images" / "unlabelled.jpg", np.zeros((8, 8, 3), np.uint8))
+    (root / "train_images" / "notes.txt").write_text("hello")
+    (root / "test_images" / "broken.jpg").write_bytes(b"")
+    layout = load_layout(DataConfig(root=str(root)))
+    text = "\n".join(layout.warnings)
+    assert "unlabelled.jpg: no row" in text
+    assert "notes.txt: not an image extension" in text
+    assert "broken.jpg: zero-byte file" in text
+    assert "broken" in set(layout.test.frame["Id"])  # kept: alignment records it as unreadable
+
+
+def test_missing_pieces(tmp_path: Path) -> None:
+    assert "data root not found" in problems_of(tmp_path / "absent")
+    root = make_layout(tmp_path / "a")
+    (root / "train_solution.csv").unlink()
+    assert "labels CSV not found" in problems_of(root)
+    root = make_layout(tmp_path / "b", n_test=0)
+    (root / "test_images").mkdir(exist_ok=True)
+    assert "no test images" in problems_of(root)
+    root = make_layout(tmp_path / "c")
+    save_jpeg(root / "train_images" / "tr0.png", np.zeros((4, 4, 3), np.uint8))
+    assert "already used" in problems_of(root)
+
+
+def test_folds_stratified_and_deterministic() -> None:
+    labels = pd.DataFrame({"Id": [f"i{i}" for i in range(100)], "target": [int(i < 30) for i in range(100)]})
+    a = make_folds(labels, 5, seed=7)
+    b = make_folds(labels, 5, seed=7)
+    c = make_folds(labels, 5, seed=8)
+    assert a.equals(b) and not a["fold"].equals(c["fold"])
+    assert a.groupby("fold")["target"].sum().tolist() == [6] * 5
+    assert sorted(a["fold"].value_counts().tolist()) == [20] * 5
+
+
+def test_group_folds_keep_groups_together() -> None:
+    labels = pd.DataFrame({
+        "Id": [f"i{i}" for i in range(60)], "target": [i % 2 for i in range(60)], "group": [i // 4 for i in range(60)],
+    })
+    folds = make_folds(labels, 3, seed=0)
+    assert (folds.groupby("group")["fold"].nunique() == 1).all()
+
+
+def test_too_few_per_class_for_folds() -> None:
+    labels = pd.DataFrame({"Id": list("abcdef"), "target": [0, 0, 0, 0, 0, 1]})
+    with pytest.raises(DataValidationError, match="at least 5 images of each class"):
+        make_folds(labels, 5, seed=0)
+
+
+def test_pseudo_labels_checked(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text("Id,target_feature,is_pseudo\ntr0,1,0\nte0,1,1\nte1,0,1\n")
+    pseudo = read_pseudo_labels(path, {"tr0"}, {"te0", "te1"})
+    assert pseudo["Id"].tolist() == ["te0", "te1"]
+    path.write_text("Id,target_feature,is_pseudo\ntr0,1,1\n")
+    with pytest.raises(DataValidationError, match="train Ids"):
+        read_pseudo_labels(path, {"tr0"}, {"te0"})
+
+
+def test_face_dataset_decodes_and_names_bad_files(tmp_path: Path) -> None:
+    save_jpeg(tmp_path / "a.jpg", np.full((20, 24, 3), 7, np.uint8))
+    bad = unreadable_corpus(tmp_path / "bad")["text_named.jpg"]
+    ds = FaceDataset([str(tmp_path / "a.jpg"), str(bad)], np.array([1, 0]))
+    image, target, index = ds[0]
+    assert image.shape == (3, 20, 24) and image.dtype.is_floating_point is False and float(target) == 1.0
+    with pytest.raises(ImageReadError, match="text_named.jpg"):
+        ds[1]
