@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -26,7 +26,7 @@ class DataConfig:
     test_dir: str = "test_images"
     labels_csv: str = "train_solution.csv"
     # Diamonds CSV from make_diamonds.py; its pseudo rows join the training part of every fold.
-    pseudo_labels: Optional[str] = None
+    pseudo_labels: str | None = None
     # Images whose header declares more pixels than this are refused (decompression bombs).
     max_pixels: int = 64_000_000
     # Truncated JPEGs: decode what is there (recorded as a note) instead of refusing the file.
@@ -53,9 +53,10 @@ class AlignConfig:
 @dataclass
 class ModelConfig:
     backbone: str = "convnextv2_tiny"
-    depths: Optional[list[int]] = None  # e.g. [3, 3, 12, 3] as in the original recipe
+    depths: list[int] | None = None  # e.g. [3, 3, 12, 3] as in the original recipe
     channels: list[str] = field(default_factory=lambda: ["rgb", "fft", "srm"])
-    pretrained: bool = False  # ImageNet weights through timm (needs internet)
+    pretrained: bool = False  # ImageNet weights through timm (needs internet, or pretrained_file)
+    pretrained_file: str | None = None  # local timm weights file for offline machines
     img_size: int = 512  # network input side; aligned faces are resized on the device
     drop_path: float = 0.1
     head_dropout: float = 0.2
@@ -68,9 +69,9 @@ class OptimConfig:
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_epochs: float = 1.0
-    clip_grad: Optional[float] = 1.0
+    clip_grad: float | None = 1.0
     accum_steps: int = 1
-    layer_decay: Optional[float] = None  # layer-wise LR decay (fine-tuning)
+    layer_decay: float | None = None  # layer-wise LR decay (fine-tuning)
 
 
 @dataclass
@@ -114,16 +115,16 @@ class SSLConfig:
 @dataclass
 class FinetuneConfig:
     folds: int = 5
-    run_folds: Optional[list[int]] = None  # train only these folds (default: all)
+    run_folds: list[int] | None = None  # train only these folds (default: all)
     epochs: int = 25
     batch_size: int = 32
     init: str = "ssl"  # ssl | pretrained | scratch
-    ssl_encoder: Optional[str] = None  # encoder.safetensors of another run (default: this run's)
+    ssl_encoder: str | None = None  # encoder.safetensors of another run (default: this run's)
     label_smoothing: float = 0.1
     ema: bool = True
     ema_decay: float = 0.999
     select_metric: str = "val_auc"  # val_auc | val_f1 | val_logloss | val_acc
-    group_column: Optional[str] = None  # StratifiedGroupKFold on this labels-CSV column
+    group_column: str | None = None  # StratifiedGroupKFold on this labels-CSV column
     save_every: int = 0
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(lr=5e-4, weight_decay=0.05, layer_decay=None)
@@ -141,8 +142,8 @@ class PredictConfig:
 class DiamondsConfig:
     high: float = 0.995
     low: float = 0.005
-    max_per_class: Optional[int] = None
-    max_fraction: Optional[float] = None  # at most this share of the test set per class
+    max_per_class: int | None = None
+    max_fraction: float | None = None  # at most this share of the test set per class
     balance: bool = False  # keep the fake/real ratio of the mined rows at the train prior
 
 

@@ -1,0 +1,96 @@
+"""Where a run's files live, and reading the files one stage hands to the next."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .config import Config, stage_hash, to_yaml
+from .errors import PipelineError
+from .images import atomic_write_text
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def ssl(self) -> Path:
+        return self.root / "ssl"
+
+    @property
+    def encoder(self) -> Path:
+        return self.ssl / "encoder.safetensors"
+
+    def fold(self, k: int) -> Path:
+        return self.root / f"fold{k}"
+
+    def fold_weights(self, k: int) -> Path:
+        return self.fold(k) / "best.safetensors"
+
+    @property
+    def folds_csv(self) -> Path:
+        return self.root / "folds.csv"
+
+    @property
+    def oof_csv(self) -> Path:
+        return self.root / "oof.csv"
+
+    @property
+    def threshold_json(self) -> Path:
+        return self.root / "threshold.json"
+
+    @property
+    def test_probs_csv(self) -> Path:
+        return self.root / "test_probs.csv"
+
+    @property
+    def submission_csv(self) -> Path:
+        return self.root / "submission.csv"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+
+def run_paths(cfg: Config) -> RunPaths:
+    return RunPaths(Path(cfg.run.dir))
+
+
+def save_run_config(cfg: Config, paths: RunPaths) -> None:
+    """The resolved config beside the run's outputs, with the hash of each stage's settings."""
+    hashes = {
+        "align": stage_hash(cfg, ["data", "align"]),
+        "ssl": stage_hash(cfg, ["model", "ssl"]),
+        "finetune": stage_hash(cfg, ["model", "finetune"]),
+    }
+    header = "".join(f"# {name} settings hash: {value}\n" for name, value in hashes.items())
+    atomic_write_text(paths.root / "config.yaml", header + to_yaml(cfg))
+
+
+def load_faces(cfg: Config) -> pd.DataFrame:
+    """The alignment manifest (``<align.out>/faces.csv``); every input Id has one row."""
+    path = Path(cfg.align.out) / "faces.csv"
+    if not path.is_file():
+        raise PipelineError(f"{path} not found: run align_faces.py with this config first")
+    faces = pd.read_csv(path, dtype={"Id": str}, keep_default_na=False)
+    needed = {"Id", "split", "status", "path"}
+    if not needed <= set(faces.columns):
+        raise PipelineError(f"{path}: needs columns {sorted(needed)}; has {list(faces.columns)}")
+    return faces
+
+
+def faces_fingerprint(faces: pd.DataFrame) -> str:
+    """Identifies the aligned inputs (Ids, status, alignment settings), for stage hashes."""
+    cols = [c for c in ("Id", "split", "status", "settings_hash") if c in faces.columns]
+    text = faces[cols].sort_values(["split", "Id"]).to_csv(index=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def usable_faces(faces: pd.DataFrame, split: str) -> pd.DataFrame:
+    """Rows of ``split`` with an aligned image on disk (unreadable inputs have none)."""
+    rows = faces[(faces["split"] == split) & (faces["status"] != "unreadable") & (faces["path"] != "")]
+    return rows.reset_index(drop=True)

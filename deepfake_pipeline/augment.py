@@ -1,0 +1,224 @@
+"""Device-side augmentations (kornia) for float RGB batches in [0, 1], plus resizing and TTA views.
+
+Everything here takes and returns ``(B, 3, H, W)`` tensors on any device. Training augmentations
+draw their random parameters from torch's global CPU generator (kornia samples parameters on the
+CPU whatever the image device), so ``torch.get_rng_state()`` / ``torch.set_rng_state()`` in a
+checkpoint is enough to replay them after a resume. They always run in float32 with autocast
+switched off and hand back the input dtype, so calling them inside a bf16/fp16 autocast region is
+safe (kornia's convolutions would otherwise run in bf16 under CPU autocast, and its JPEG codec
+disables autocast by itself).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import kornia.augmentation as K
+import torch
+import torch.nn.functional as F
+from kornia.geometry.transform import rotate
+from torch import Tensor, nn
+
+from .config import AugConfig
+from .errors import ConfigError
+
+# Not in AugConfig: the blur's kernel side and its sigma range (drawn per image).
+BLUR_KERNEL = 5
+BLUR_SIGMA = (0.1, 1.5)
+# Smallest share of the image area cutout erases; the largest is ``aug.cutout_frac``.
+CUTOUT_MIN_FRAC = 0.02
+
+
+def _check_batch(x: Tensor) -> None:
+    if x.ndim != 4 or not x.is_floating_point():
+        raise ValueError(f"expected a float (B, C, H, W) batch, got {tuple(x.shape)} {x.dtype}")
+
+
+def _check_aug(aug: AugConfig) -> None:
+    problems = []
+    for name in ("hflip", "affine", "color_jitter", "blur", "jpeg", "cutout"):
+        p = getattr(aug, name)
+        if not 0.0 <= p <= 1.0:
+            problems.append(f"aug.{name}: probability {p} is outside [0, 1]")
+    if len(aug.scale) != 2 or not 0.0 < aug.scale[0] <= aug.scale[1]:
+        problems.append(f"aug.scale: need [lo, hi] with 0 < lo <= hi, got {list(aug.scale)}")
+    if not 0.0 <= aug.translate < 1.0:
+        problems.append(f"aug.translate: {aug.translate} is outside [0, 1)")
+    if aug.rotate_deg < 0:
+        problems.append(f"aug.rotate_deg: {aug.rotate_deg} is negative (it is a +- range)")
+    q = list(aug.jpeg_quality)
+    if len(q) != 2 or not 1 <= q[0] <= q[1] <= 100:
+        problems.append(f"aug.jpeg_quality: need [lo, hi] with 1 <= lo <= hi <= 100, got {q}")
+    if not 0.0 < aug.cutout_frac <= 1.0:
+        problems.append(f"aug.cutout_frac: {aug.cutout_frac} is outside (0, 1]")
+    if not 0.0 <= aug.hue <= 0.5:
+        problems.append(f"aug.hue: {aug.hue} is outside [0, 0.5]")
+    for name in ("brightness", "contrast", "saturation"):
+        if getattr(aug, name) < 0:
+            problems.append(f"aug.{name}: {getattr(aug, name)} is negative")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+class TrainAugment(nn.Module):
+    """The training augmentation chain: float32, autocast off, output clamped to [0, 1], input dtype kept."""
+
+    def __init__(self, ops: Sequence[nn.Module]):
+        super().__init__()
+        self.names = [type(op).__name__ for op in ops]
+        # No enabled op: nothing random runs and no RNG draw is made (only the clamp remains).
+        self.ops = K.AugmentationSequential(*ops) if ops else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_batch(x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            y = x.float()
+            if self.ops is not None:
+                y = self.ops(y)
+            y = torch.clamp(y, 0.0, 1.0)
+        return y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return ", ".join(self.names) or "identity"
+
+
+def build_train_augment(aug: AugConfig) -> TrainAugment:
+    """Kornia chain from the config; each field is a per-image probability and 0 drops that op.
+
+    Order: hflip -> affine (rotate/scale/translate, reflection padding) -> colour jitter ->
+    Gaussian blur -> JPEG re-compression -> cutout. JPEG quality is drawn uniformly (a float) in
+    ``aug.jpeg_quality``; kornia's RandomJPEG is a differentiable JPEG model, not libjpeg.
+    """
+    _check_aug(aug)
+    ops: list[nn.Module] = []
+    if aug.hflip > 0:
+        ops.append(K.RandomHorizontalFlip(p=aug.hflip))
+    scale = (float(aug.scale[0]), float(aug.scale[1]))
+    if aug.affine > 0 and (aug.rotate_deg > 0 or aug.translate > 0 or scale != (1.0, 1.0)):
+        ops.append(
+            K.RandomAffine(
+                degrees=float(aug.rotate_deg),
+                translate=(aug.translate, aug.translate) if aug.translate > 0 else None,
+                scale=scale if scale != (1.0, 1.0) else None,
+                padding_mode="reflection",  # no black corners: they would be a label-free artefact
+                p=aug.affine,
+            )
+        )
+    jitter = (aug.brightness, aug.contrast, aug.saturation, aug.hue)
+    if aug.color_jitter > 0 and any(v > 0 for v in jitter):
+        # ColorJitter = torchvision's formulas (factor ranges [1-b, 1+b], hue shift in [-h, h]).
+        ops.append(K.ColorJitter(*jitter, p=aug.color_jitter))
+    if aug.blur > 0:
+        ops.append(
+            K.RandomGaussianBlur((BLUR_KERNEL, BLUR_KERNEL), BLUR_SIGMA, border_type="reflect", p=aug.blur)
+        )
+    if aug.jpeg > 0:
+        ops.append(
+            K.RandomJPEG(jpeg_quality=(float(aug.jpeg_quality[0]), float(aug.jpeg_quality[1])), p=aug.jpeg)
+        )
+    if aug.cutout > 0:
+        lo = min(CUTOUT_MIN_FRAC, aug.cutout_frac)
+        ops.append(K.RandomErasing(scale=(lo, aug.cutout_frac), ratio=(0.3, 3.3), value=0.0, p=aug.cutout))
+    return TrainAugment(ops)
+
+
+def resize_batch(x: Tensor, size: int) -> Tensor:
+    """Bilinear resize of a float batch to ``size x size`` on its device; antialiased when shrinking.
+
+    Returns ``x`` itself when it already has that size.
+    """
+    _check_batch(x)
+    h, w = x.shape[-2:]
+    if h == size and w == size:
+        return x
+    antialias = size < h or size < w
+    dtype = x.dtype
+    # Antialiased interpolation has no reduced-precision kernel everywhere: compute in float32.
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        y = F.interpolate(
+            x.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=antialias
+        )
+    return y.to(dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Test-time augmentation: deterministic, shape-preserving views.
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+def _hflip(x: Tensor) -> Tensor:
+    return x.flip(-1)
+
+
+def _vflip(x: Tensor) -> Tensor:
+    return x.flip(-2)
+
+
+def _rotate(x: Tensor, degrees: float) -> Tensor:
+    """Rotate about the image centre by ``degrees`` (positive = counter-clockwise as displayed).
+
+    No scaling: the corners that come from outside the image are filled by reflection.
+    """
+    _check_batch(x)
+    if degrees == 0:
+        return x
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        angle = torch.full((x.shape[0],), float(degrees), device=x.device, dtype=torch.float32)
+        y = rotate(x.float(), angle, mode="bilinear", padding_mode="reflection", align_corners=True)
+    return y.to(x.dtype)
+
+
+@dataclass(frozen=True)
+class TTAView:
+    """A named deterministic view; call it on a batch."""
+
+    name: str
+    fn: Callable[[Tensor], Tensor]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.fn(x)
+
+
+# Fixed names; "rot+N" / "rot-N" for any N degrees (decimals allowed) are parsed by get_tta.
+TTA_VIEWS: dict[str, Callable[[Tensor], Tensor]] = {
+    "identity": _identity,
+    "hflip": _hflip,
+    "vflip": _vflip,
+    "rot+5": partial(_rotate, degrees=5.0),
+    "rot-5": partial(_rotate, degrees=-5.0),
+}
+_ROT = re.compile(r"^rot([+-])(\d+(?:\.\d+)?)$")
+
+
+def get_tta(name: str) -> TTAView:
+    """The view called ``name``; raises ValueError for an unknown name."""
+    fn = TTA_VIEWS.get(name)
+    if fn is None:
+        m = _ROT.match(name.strip()) if isinstance(name, str) else None
+        if m is None:
+            known = ", ".join(TTA_VIEWS)
+            raise ValueError(f"unknown TTA view {name!r} (known: {known}, rot+N, rot-N)")
+        deg = float(m.group(2)) * (1.0 if m.group(1) == "+" else -1.0)
+        fn = partial(_rotate, degrees=deg)
+    return TTAView(name, fn)
+
+
+def apply_tta(x: Tensor, name: str) -> Tensor:
+    """Apply the TTA view ``name`` to a batch (same shape and dtype)."""
+    return get_tta(name)(x)
+
+
+def parse_tta(names: Sequence[str] | str) -> list[TTAView]:
+    """Resolve a list of TTA names up front (config check); raises ValueError on an unknown or empty list."""
+    if isinstance(names, str):
+        names = [names]
+    views = [get_tta(n) for n in names]
+    if not views:
+        raise ValueError("predict.tta: at least one view is needed (use ['identity'] for none)")
+    return views

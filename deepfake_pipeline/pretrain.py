@@ -1,0 +1,83 @@
+"""Stage 2: SimMIM masked-image pretraining of the forensic ConvNeXt V2 encoder.
+
+Reads the aligned faces (train, plus test when ``ssl.include_test``), writes under
+``<run>/ssl/``: ``last.pt`` (full state, for resume), ``metrics.jsonl``, ``encoder.safetensors``
+(the backbone's weights, loaded by the fine-tuning stage) and ``done.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import torch
+
+from .artifacts import RunPaths, faces_fingerprint, load_faces, usable_faces
+from .augment import build_train_augment
+from .checkpoint import read_done, save_weights, write_done
+from .config import Config, stage_hash
+from .dataset import FaceDataset
+from .engine import LoopSpec, TrainLoop
+from .errors import PipelineError, StaleOutputError
+from .runtime import Runtime, derive_seed, seed_everything
+from .simmim import SimMIM, generate_masks
+
+log = logging.getLogger(__name__)
+
+
+def ssl_hash(cfg: Config, fingerprint: str) -> str:
+    return stage_hash(cfg, ["model", "ssl"], extra={"faces": fingerprint, "seed": cfg.run.seed})
+
+
+def run_ssl(cfg: Config, runtime: Runtime, paths: RunPaths, force: bool = False) -> None:
+    if not cfg.ssl.enabled:
+        log.info("ssl: disabled (ssl.enabled=false), skipped")
+        return
+    faces = load_faces(cfg)
+    h = ssl_hash(cfg, faces_fingerprint(faces))
+    out = paths.ssl
+    done = read_done(out)
+    if force and runtime.is_main and out.exists():
+        shutil.rmtree(out)
+    runtime.barrier()
+    if not force and done is not None:
+        if done.get("hash") == h and paths.encoder.is_file():
+            log.info("ssl: already finished with these settings (%s), skipped; --force redoes it", out)
+            return
+        raise StaleOutputError(
+            f"{out} holds an SSL stage finished with other settings or inputs (hash {done.get('hash')}, "
+            f"now {h}); rerun with --force to redo it, or use another run.name"
+        )
+
+    splits = ["train", "test"] if cfg.ssl.include_test else ["train"]
+    rows = [usable_faces(faces, s) for s in splits]
+    paths_list = [p for frame in rows for p in frame["path"]]
+    if not paths_list:
+        raise PipelineError("ssl: no aligned faces to train on")
+    dataset = FaceDataset(paths_list)
+    seed_everything(derive_seed(cfg.run.seed, "init", "ssl"))
+    model = SimMIM(cfg.model, mask_patch=cfg.ssl.mask_patch, remask=cfg.ssl.remask)
+    size = cfg.model.img_size
+    grid = size // cfg.ssl.mask_patch
+    augment = build_train_augment(cfg.ssl.aug).to(runtime.device)
+
+    def compute_loss(module: torch.nn.Module, x: torch.Tensor, _targets: torch.Tensor) -> torch.Tensor:
+        # Masks come from the step-seeded global RNG, so a resumed run draws the same ones.
+        masks = generate_masks(x.shape[0], grid, grid, cfg.ssl.mask_ratio, None, torch.device("cpu"))
+        loss, _ = module(x, masks.to(x.device, non_blocking=True))
+        return loss
+
+    spec = LoopSpec(
+        name="ssl", out_dir=out, epochs=cfg.ssl.epochs, batch_size=cfg.ssl.batch_size, optim=cfg.ssl.optim,
+        seed=cfg.run.seed, stage_hash=h, img_size=size, workers=cfg.run.workers, save_every=cfg.ssl.save_every,
+        compile=cfg.run.compile, progress=cfg.run.progress,
+    )
+    log.info("ssl: %d faces (%s), %s, mask ratio %.2f at %d px patches, %s", len(dataset), "+".join(splits),
+             cfg.model.backbone, cfg.ssl.mask_ratio, cfg.ssl.mask_patch, runtime.describe())
+    loop = TrainLoop(spec, runtime, model, dataset, compute_loss, prepare=augment)
+    summary = loop.run()
+    if runtime.is_main:
+        save_weights(paths.encoder, model.encoder_state_dict(), metadata={"stage_hash": h, "backbone": cfg.model.backbone})
+        write_done(out, h, **summary)
+        log.info("ssl: done in %.0f s, %d steps; encoder -> %s", summary["seconds"], summary["steps"], paths.encoder)
+    runtime.barrier()

@@ -1,0 +1,116 @@
+"""Where the code runs: device, mixed precision policy, torchrun/DDP, seeding."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    amp_dtype: torch.dtype | None = None  # None: fp32
+    use_scaler: bool = False  # fp16 needs a GradScaler; bf16 does not
+    channels_last: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def describe(self) -> str:
+        amp = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16+GradScaler"}[self.amp_dtype]
+        where = f"rank {self.rank}/{self.world_size} " if self.distributed else ""
+        return f"{where}{self.device} {amp}{' channels_last' if self.channels_last else ''}"
+
+
+def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} asked for, but CUDA is not available")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
+def amp_policy(device: torch.device, amp: str) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype, needs GradScaler). bf16 where supported (GRN/LayerNorm overflow in fp16)."""
+    if device.type != "cuda" or amp == "off":
+        return None, False
+    if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16, False
+    return torch.float16, True
+
+
+def init_runtime(device: str = "auto", amp: str = "auto", channels_last: bool = True) -> Runtime:
+    """Set up the process: torchrun env (RANK/WORLD_SIZE/LOCAL_RANK) -> DDP, device, AMP."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = pick_device(device, local_rank)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    dtype, scaler = amp_policy(dev, amp)
+    return Runtime(dev, rank, world, local_rank, dtype, scaler, channels_last and dev.type == "cuda")
+
+
+def shutdown_runtime(runtime: Runtime) -> None:
+    if runtime.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed that depends only on ``parts`` (stable across runs and machines)."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def step_seed(*parts: object) -> Iterator[None]:
+    """Reseed the global RNGs from ``parts`` (seed, rank, epoch, step): every step's randomness
+    (augmentation, masks, dropout) is then a pure function of where it is, so a resumed run
+    repeats exactly what an uninterrupted one would have done."""
+    seed_everything(derive_seed(*parts))
+    yield

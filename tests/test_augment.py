@@ -1,0 +1,164 @@
+"""Augmentations: shapes, dtypes, ranges, identity at p=0, seeded determinism, TTA views."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from deepfake_pipeline.augment import (
+    TTA_VIEWS,
+    apply_tta,
+    build_train_augment,
+    parse_tta,
+    resize_batch,
+)
+from deepfake_pipeline.config import AugConfig
+from deepfake_pipeline.errors import ConfigError
+
+OPS = ("hflip", "affine", "color_jitter", "blur", "jpeg", "cutout")
+
+
+def _off() -> AugConfig:
+    return AugConfig(hflip=0.0, affine=0.0, color_jitter=0.0, blur=0.0, jpeg=0.0, cutout=0.0)
+
+
+def _batch(b: int = 4, size: int = 48, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, 3, size, size, generator=g)
+
+
+def _smooth(b: int = 2, size: int = 64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    low = torch.rand(b, 3, 8, 8, generator=g)
+    return F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("prob", [0.0, 1.0])
+def test_each_op_keeps_shape_dtype_range(op: str, prob: float) -> None:
+    cfg = _off()
+    setattr(cfg, op, prob)
+    aug = build_train_augment(cfg)
+    assert len(aug.names) == (1 if prob else 0)
+    x = _batch()
+    torch.manual_seed(0)
+    y = aug(x)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+    if prob == 0.0:
+        assert torch.equal(y, x)
+    elif op != "affine":  # affine with p=1 could draw ~identity params; the others always change pixels
+        assert not torch.equal(y, x)
+    assert torch.equal(x, _batch()), "input modified in place"
+
+
+def test_all_zero_is_identity_and_draws_no_rng() -> None:
+    aug = build_train_augment(_off())
+    x = _batch()
+    state = torch.get_rng_state()
+    assert torch.equal(aug(x), x)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_full_chain_under_bf16_autocast_and_bf16_input() -> None:
+    cfg = AugConfig(hflip=1.0, affine=1.0, color_jitter=1.0, blur=1.0, jpeg=1.0, cutout=1.0)
+    aug = build_train_augment(cfg)
+    assert aug.names == [
+        "RandomHorizontalFlip",
+        "RandomAffine",
+        "ColorJitter",
+        "RandomGaussianBlur",
+        "RandomJPEG",
+        "RandomErasing",
+    ]
+    x = _batch()
+    torch.manual_seed(3)
+    ref = aug(x)
+    torch.manual_seed(3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = aug(x)
+    assert y.dtype == torch.float32
+    assert torch.equal(y, ref), "autocast must not change the (float32) result"
+    torch.manual_seed(3)
+    yb = aug(x.bfloat16())
+    assert yb.dtype == torch.bfloat16 and yb.shape == x.shape
+    assert float(yb.min()) >= 0.0 and float(yb.max()) <= 1.0
+
+
+def test_seeded_determinism_and_rng_state_resume() -> None:
+    aug = build_train_augment(
+        AugConfig(hflip=0.5, affine=0.5, color_jitter=0.5, blur=0.5, jpeg=0.5, cutout=0.5)
+    )
+    x = _batch(b=8)
+    torch.manual_seed(123)
+    a1, a2 = aug(x), aug(x)
+    torch.manual_seed(123)
+    b1 = aug(x)
+    state = torch.get_rng_state()  # what a checkpoint stores
+    b2 = aug(x)
+    torch.set_rng_state(state)
+    b2_again = aug(x)
+    assert torch.equal(a1, b1) and torch.equal(a2, b2) and torch.equal(b2, b2_again)
+    assert not torch.equal(a1, a2)
+    torch.manual_seed(124)
+    assert not torch.equal(aug(x), a1)
+
+
+def test_bad_config_is_reported() -> None:
+    with pytest.raises(ConfigError, match="jpeg_quality"):
+        build_train_augment(AugConfig(jpeg_quality=[50, 120]))
+    with pytest.raises(ConfigError, match=r"aug\.blur"):
+        build_train_augment(AugConfig(blur=1.5))
+
+
+def test_resize_batch() -> None:
+    x = _batch(b=2, size=40)
+    assert resize_batch(x, 40) is x
+    down = resize_batch(x, 16)
+    up = resize_batch(x, 64)
+    assert down.shape == (2, 3, 16, 16) and up.shape == (2, 3, 64, 64)
+    assert down.dtype == up.dtype == torch.float32
+    # Antialiasing when shrinking: matches interpolate(antialias=True), not the aliased version.
+    ref = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False, antialias=True)
+    assert torch.allclose(down, ref)
+    rect = torch.rand(1, 3, 30, 50)
+    assert resize_batch(rect, 32).shape == (1, 3, 32, 32)
+    assert resize_batch(x.bfloat16(), 16).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("name", [*TTA_VIEWS, "rot+10", "rot-2.5", "rot+90"])
+def test_tta_views_keep_shape_and_are_deterministic(name: str) -> None:
+    x = _batch(b=2, size=32)
+    y1, y2 = apply_tta(x, name), apply_tta(x, name)
+    assert y1.shape == x.shape and y1.dtype == x.dtype and torch.equal(y1, y2)
+    rect = torch.rand(2, 3, 24, 40)
+    assert apply_tta(rect, name).shape == rect.shape
+    assert apply_tta(x.bfloat16(), name).dtype == torch.bfloat16
+
+
+def test_tta_flips_and_rotation_inverse() -> None:
+    x = _smooth()
+    assert torch.equal(apply_tta(x, "identity"), x)
+    assert torch.equal(apply_tta(apply_tta(x, "hflip"), "hflip"), x)
+    assert torch.equal(apply_tta(apply_tta(x, "vflip"), "vflip"), x)
+    assert torch.equal(apply_tta(x, "hflip"), x.flip(-1))
+    rot = apply_tta(x, "rot+5")
+    assert (rot - x).abs().mean() > 1e-3  # it did rotate
+    back = apply_tta(rot, "rot-5")
+    c = slice(16, 48)  # centre region: no padding effects there
+    assert (back - x)[..., c, c].abs().max() < 0.03
+    # 90 degrees on a square image is an exact pixel permutation (counter-clockwise as displayed).
+    sq = _batch(b=1, size=17)
+    assert torch.allclose(apply_tta(sq, "rot+90"), torch.rot90(sq, 1, dims=(-2, -1)), atol=1e-5)
+
+
+def test_parse_tta() -> None:
+    views = parse_tta(["identity", "hflip", "rot+5", "rot-5", "vflip", "rot+7.5"])
+    assert [v.name for v in views] == ["identity", "hflip", "rot+5", "rot-5", "vflip", "rot+7.5"]
+    x = _batch(b=1, size=16)
+    assert all(v(x).shape == x.shape for v in views)
+    assert [v.name for v in parse_tta("hflip")] == ["hflip"]
+    for bad in (["identity", "flip"], ["rot5"], ["rot+"], ["rot+x"], []):
+        with pytest.raises(ValueError):
+            parse_tta(bad)
