@@ -62,8 +62,10 @@ def run_paths(cfg: Config) -> RunPaths:
 
 def save_run_config(cfg: Config, paths: RunPaths) -> None:
     """The resolved config beside the run's outputs, with the hash of each stage's settings."""
+    from .align import settings_hash
+
     hashes = {
-        "align": stage_hash(cfg, ["data", "align"]),
+        "align": settings_hash(cfg),  # the value faces.csv records per row
         "ssl": stage_hash(cfg, ["model", "ssl"]),
         "finetune": stage_hash(cfg, ["model", "finetune"]),
     }

@@ -81,6 +81,10 @@ class TrainAugment(nn.Module):
             y = torch.clamp(y, 0.0, 1.0)
         return y.to(x.dtype)
 
+    def prepare(self, x: Tensor, y: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+        """The training loop's ``prepare`` hook: augment the images, keep the targets."""
+        return self(x), y
+
     def extra_repr(self) -> str:
         return ", ".join(self.names) or "identity"
 

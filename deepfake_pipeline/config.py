@@ -257,6 +257,10 @@ def _check_values(cfg: Config) -> None:
         problems.append("ssl.mask_ratio: must be between 0 and 1")
     if not 0.0 <= cfg.diamonds.low < 0.5 < cfg.diamonds.high <= 1.0:
         problems.append("diamonds.low/high: need 0 <= low < 0.5 < high <= 1")
+    if cfg.diamonds.max_per_class is not None and cfg.diamonds.max_per_class < 0:
+        problems.append("diamonds.max_per_class: must be >= 0")
+    if cfg.diamonds.max_fraction is not None and not 0.0 <= cfg.diamonds.max_fraction <= 1.0:
+        problems.append("diamonds.max_fraction: must be between 0 and 1")
     if problems:
         raise ConfigError("; ".join(problems))
 

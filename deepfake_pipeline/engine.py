@@ -166,6 +166,7 @@ class LoopSpec:
     extra_state: dict[str, Any] = field(default_factory=dict)
 
 
+Prepare = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 ComputeLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 Evaluate = Callable[[nn.Module, int], dict[str, float]]
 OnBest = Callable[[nn.Module, int, dict[str, float]], None]
@@ -182,8 +183,9 @@ def metric_is_better(name: str, value: float, best: float | None) -> bool:
 class TrainLoop:
     """Runs ``spec.epochs`` epochs of ``compute_loss`` over ``dataset``, resumable from last.pt.
 
-    ``prepare`` turns a float [0,1] device batch into the model input (augmentation); it runs
-    under ``no_grad`` and the step's seed. ``evaluate`` (rank 0) returns validation metrics per
+    ``prepare(x, y, index)`` turns a float [0,1] device batch, its targets and the dataset
+    indices into the model input and targets (augmentation; Self-Blended Images also turn some
+    real faces into fakes); it runs under ``no_grad`` and the step's seed. ``evaluate`` (rank 0) returns validation metrics per
     epoch; ``on_best`` is called when ``spec.select_metric`` improves, with the model evaluated
     (the EMA when there is one).
     """
@@ -195,7 +197,7 @@ class TrainLoop:
         model: nn.Module,
         dataset: Dataset,
         compute_loss: ComputeLoss,
-        prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        prepare: Prepare | None = None,
         evaluate: Evaluate | None = None,
         on_best: OnBest | None = None,
     ):
@@ -353,15 +355,15 @@ class TrainLoop:
                 total=n_micro, initial=self.micro_done, desc=f"{spec.name} epoch {self.epoch + 1}/{spec.epochs}",
                 disable=not (spec.progress and rt.is_main), leave=False, dynamic_ncols=True,
             )
-            for images, targets, _ in self.loader:
+            for images, targets, indices in self.loader:
                 index = self.micro_done
                 boundary = (index + 1) % self.accum == 0 or index + 1 == n_micro
                 with step_seed(spec.seed, rt.rank, self.epoch, index):
                     with torch.no_grad():
                         x = to_device_float(images, rt, spec.img_size)
+                        y = targets.to(rt.device, non_blocking=True)
                         if self.prepare is not None:
-                            x = self.prepare(x)
-                    y = targets.to(rt.device, non_blocking=True)
+                            x, y = self.prepare(x, y, indices)
                     sync = boundary or not isinstance(self.train_module, DistributedDataParallel)
                     ctx = self.train_module.no_sync() if not sync else contextlib.nullcontext()
                     with ctx:

@@ -24,10 +24,11 @@ class DataValidationError(PipelineError):
 class ImageReadError(PipelineError):
     """An image file could not be decoded (zero bytes, not an image, corrupt, too large)."""
 
-    def __init__(self, path: object, reason: str):
+    def __init__(self, path: object, reason: str = ""):
+        # reason is optional so DataLoader workers can re-raise it with one message argument
         self.path = str(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        super().__init__(f"{self.path}: {reason}" if reason else self.path)
 
 
 class StaleOutputError(PipelineError):

@@ -2,7 +2,8 @@
 
 Set ``DFP_FAILPOINT=name:n`` (comma-separated for several) and the process kills itself with
 SIGKILL the n-th time it reaches ``failpoint(name)``: the same as a power cut or an OOM kill at
-exactly that spot. Unset (always, outside tests), a failpoint is one dictionary lookup.
+exactly that spot. ``name@r:n`` does so only in the process whose torchrun ``RANK`` is r.
+Unset (always, outside tests), a failpoint is one dictionary lookup.
 
 Points: ``step`` (after an optimizer step), ``checkpoint_write`` (checkpoint bytes written to the
 temporary file, before the rename), ``epoch_end``, ``fold_end``, ``align_batch``, ``predict_fold``.
@@ -19,9 +20,12 @@ _hits: dict[str, int] = {}
 def _targets() -> dict[str, int]:
     spec = os.environ.get("DFP_FAILPOINT", "")
     targets = {}
+    rank = os.environ.get("RANK", "0")
     for item in filter(None, (s.strip() for s in spec.split(","))):
         name, _, count = item.partition(":")
-        targets[name] = int(count or 1)
+        name, _, only_rank = name.partition("@")
+        if not only_rank or only_rank == rank:
+            targets[name] = int(count or 1)
     return targets
 
 

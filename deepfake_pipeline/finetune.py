@@ -10,6 +10,7 @@ every fold and in no validation fold, so OOF metrics and the threshold see origi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -32,6 +33,7 @@ from .images import atomic_write_text, save_csv
 from .metrics import best_f1_threshold, binary_metrics
 from .model import DeepfakeClassifier, build_classifier, load_backbone_state
 from .runtime import Runtime, derive_seed, seed_everything
+from .sbi import with_self_blend
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,29 @@ def _val_metrics(targets: np.ndarray, logits: np.ndarray) -> dict[str, float]:
     }
 
 
+class FoldValidator:
+    """Scores a fold's validation set each epoch; saves the weights and predictions of the best."""
+
+    def __init__(self, k: int, rows: pd.DataFrame, loader: torch.utils.data.DataLoader, runtime: Runtime,
+                 img_size: int, out: Path, weights_path: Path, stage_hash: str):
+        self.k, self.rows, self.loader, self.runtime, self.img_size = k, rows, loader, runtime, img_size
+        self.out, self.weights_path, self.stage_hash = out, weights_path, stage_hash
+        self.targets = rows["target"].to_numpy().astype(np.float32)
+        self.logits = np.zeros(len(rows), dtype=np.float32)
+
+    def evaluate(self, model: torch.nn.Module, epoch: int) -> dict[str, float]:
+        self.logits = predict_logits(model, self.loader, self.runtime, self.img_size).numpy()
+        return _val_metrics(self.targets, self.logits)
+
+    def save_best(self, model: torch.nn.Module, epoch: int, metrics: dict[str, float]) -> None:
+        preds = pd.DataFrame({
+            "Id": self.rows["Id"], "fold": self.k, "target": self.rows["target"].astype(int),
+            "prob": 1.0 / (1.0 + np.exp(-self.logits)), "logit": self.logits,
+        })
+        save_csv(self.out / "val_preds.csv", preds)
+        save_weights(self.weights_path, model.state_dict(), metadata={"epoch": str(epoch), "stage_hash": self.stage_hash})
+
+
 def fold_hash(cfg: Config, k: int, fingerprint: str, folds: pd.DataFrame, init_id: str) -> str:
     return stage_hash(
         cfg, ["model", "finetune"],
@@ -150,49 +175,45 @@ def train_fold(
             "or use another run.name"
         )
 
-    face_paths = dict(zip(usable_faces(faces, "train")["Id"], usable_faces(faces, "train")["path"]))
-    face_paths.update(zip(usable_faces(faces, "test")["Id"], usable_faces(faces, "test")["path"]))
-    train_rows = folds[folds["fold"] != k]
-    val_rows = folds[(folds["fold"] == k) & (folds["is_pseudo"] == 0)]
+    # Labelled rows are train images; pseudo rows are test images (an Id may exist in both splits).
+    by_split = {split: dict(zip(usable_faces(faces, split)["Id"], usable_faces(faces, split)["path"]))
+                for split in ("train", "test")}
+
+    def face_path(row: pd.Series) -> str | None:
+        return by_split["test" if row["is_pseudo"] else "train"].get(row["Id"])
+
+    train_rows = folds[folds["fold"] != k].copy()
+    val_rows = folds[(folds["fold"] == k) & (folds["is_pseudo"] == 0)].copy()
     assert not set(train_rows["Id"][train_rows["is_pseudo"] == 0]) & set(val_rows["Id"]), "fold leak"
-    dropped = [i for i in pd.concat([train_rows, val_rows])["Id"] if i not in face_paths]
+    for rows in (train_rows, val_rows):
+        rows["path"] = [face_path(r) for _, r in rows.iterrows()]
+    dropped = pd.concat([train_rows, val_rows])["path"].isna().sum()
     if dropped:
-        log.warning("fold %d: %d labelled image(s) were unreadable at alignment and are left out, e.g. %s",
-                    k, len(dropped), dropped[0])
-    train_rows = train_rows[train_rows["Id"].isin(face_paths)]
-    val_rows = val_rows[val_rows["Id"].isin(face_paths)].reset_index(drop=True)
+        log.warning("fold %d: %d image(s) were unreadable at alignment and are left out", k, dropped)
+    train_rows = train_rows.dropna(subset=["path"])
+    val_rows = val_rows.dropna(subset=["path"]).reset_index(drop=True)
     if len(val_rows) == 0 or len(train_rows) == 0:
         raise PipelineError(f"fold {k}: no usable images in its training or validation part")
 
-    train_set = FaceDataset([face_paths[i] for i in train_rows["Id"]], train_rows["target"].to_numpy())
-    val_set = FaceDataset([face_paths[i] for i in val_rows["Id"]], val_rows["target"].to_numpy())
+    train_set = FaceDataset(list(train_rows["path"]), train_rows["target"].to_numpy())
+    val_set = FaceDataset(list(val_rows["path"]), val_rows["target"].to_numpy())
     val_loader = make_loader(val_set, None, runtime, cfg.run.workers, cfg.run.seed, batch_size=cfg.predict.batch_size)
-    val_targets = val_rows["target"].to_numpy().astype(np.float32)
 
     # Initialise from (seed, fold) alone: a resumed or single-fold run builds the same model.
     seed_everything(derive_seed(cfg.run.seed, "init", k))
-    model = build_classifier(cfg.model)
+    # ImageNet weights only for init=pretrained (for ssl/scratch they would be fetched and overwritten).
+    model = build_classifier(dataclasses.replace(cfg.model, pretrained=cfg.finetune.init == "pretrained"))
     _init_backbone(model, cfg, paths)
     augment = build_train_augment(cfg.finetune.aug).to(runtime.device)
+    # Self-Blended Images (finetune.aug.sbi > 0) on the clean faces, then the augmentations.
+    prepare = with_self_blend(augment.prepare, cfg.finetune.aug.sbi, faces, train_rows)
     smoothing = cfg.finetune.label_smoothing
 
     def compute_loss(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = module(x).float()
         return F.binary_cross_entropy_with_logits(logits, y * (1.0 - smoothing) + 0.5 * smoothing)
 
-    def evaluate(eval_model: torch.nn.Module, epoch: int) -> dict[str, float]:
-        logits = predict_logits(eval_model, val_loader, runtime, cfg.model.img_size).numpy()
-        evaluate.last_logits = logits  # type: ignore[attr-defined]
-        return _val_metrics(val_targets, logits)
-
-    def on_best(eval_model: torch.nn.Module, epoch: int, metrics: dict[str, float]) -> None:
-        logits = evaluate.last_logits  # type: ignore[attr-defined]
-        preds = pd.DataFrame({
-            "Id": val_rows["Id"], "fold": k, "target": val_rows["target"].astype(int),
-            "prob": 1.0 / (1.0 + np.exp(-logits)), "logit": logits,
-        })
-        save_csv(out / "val_preds.csv", preds)
-        save_weights(paths.fold_weights(k), eval_model.state_dict(), metadata={"epoch": str(epoch), "stage_hash": h})
+    validator = FoldValidator(k, val_rows, val_loader, runtime, cfg.model.img_size, out, paths.fold_weights(k), h)
 
     spec = LoopSpec(
         name=f"fold{k}", out_dir=out, epochs=cfg.finetune.epochs, batch_size=cfg.finetune.batch_size,
@@ -204,8 +225,8 @@ def train_fold(
     n_pseudo = int(train_rows["is_pseudo"].sum())
     log.info("fold %d/%d: train %d (%d pseudo), val %d, %s", k + 1, cfg.finetune.folds, len(train_rows), n_pseudo,
              len(val_rows), runtime.describe())
-    loop = TrainLoop(spec, runtime, model, train_set, compute_loss, prepare=augment, evaluate=evaluate,
-                     on_best=on_best)
+    loop = TrainLoop(spec, runtime, model, train_set, compute_loss, prepare=prepare, evaluate=validator.evaluate,
+                     on_best=validator.save_best)
     summary = loop.run()
     if runtime.is_main:
         write_done(out, h, **summary, select_metric=cfg.finetune.select_metric)

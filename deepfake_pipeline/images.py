@@ -34,6 +34,9 @@ DEFAULT_MAX_PIXELS = 64_000_000
 # limit, so its guard is lifted to twice the largest limit anyone would set.
 Image.MAX_IMAGE_PIXELS = None
 _truncated_lock = threading.Lock()
+# mkstemp creates 0600 files; written outputs get the usual 0666 & ~umask (read once, at import).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 @dataclass
@@ -142,6 +145,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

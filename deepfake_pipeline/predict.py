@@ -8,6 +8,7 @@ always has every test Id exactly once; it is validated before it is written.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -19,19 +20,70 @@ import torch
 from .artifacts import RunPaths, load_faces, usable_faces
 from .augment import parse_tta
 from .checkpoint import load_weights
-from .config import Config
+from .config import Config, load_config
 from .dataset import FaceDataset, load_layout
 from .engine import make_loader, predict_logits
 from .errors import CheckpointError, PipelineError, SubmissionError
+from .faults import failpoint
 from .images import save_csv
 from .model import build_classifier
-from .runtime import Runtime
+from .runtime import Runtime, amp_policy, pick_device
 
 log = logging.getLogger(__name__)
 
 
+# ----------------------------------------------------------------------------- a finished run, reopened
+
+RUN_CONFIG_NAME = "config.yaml"
+
+
+def run_config_path(run_dir: str | Path) -> Path:
+    """``<run>/config.yaml``, the resolved config train.py saved; PipelineError when missing."""
+    path = Path(run_dir) / RUN_CONFIG_NAME
+    if not path.is_file():
+        raise PipelineError(f"{path} not found: --run must be a run directory written by train.py (weights/<run>)")
+    return path
+
+
+def load_run_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (),
+                    config: str | Path | None = None) -> Config:
+    """The run's saved config (or ``config``) with ``overrides``; ``run.dir`` points at ``run_dir``
+    wherever the run was trained (runs can be moved or copied)."""
+    cfg = load_config(config if config is not None else run_config_path(run_dir), overrides)
+    cfg.run.dir = str(run_dir)
+    return cfg
+
+
+def run_settings_hashes(run_dir: str | Path) -> dict[str, str]:
+    """The ``# <stage> settings hash: <hex>`` header lines of a run's saved config."""
+    hashes = {}
+    for line in run_config_path(run_dir).read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        name, sep, value = line.lstrip("# ").partition(" settings hash: ")
+        if sep:
+            hashes[name.strip()] = value.strip()
+    return hashes
+
+
+def inference_runtime(device: str = "auto", amp: str = "auto", channels_last: bool = True) -> Runtime:
+    """A single-process runtime for inference; asked-for CUDA that is not there falls back to the CPU."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        log.warning("device %r asked for, but CUDA is not available: running on the CPU", device)
+        device = "cpu"
+    dev = pick_device(device)
+    dtype, _ = amp_policy(dev, amp)
+    return Runtime(dev, amp_dtype=dtype, channels_last=channels_last and dev.type == "cuda")
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Overflow-free logistic function."""
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(logits, dtype=np.float64)))
+
+
 def load_fold_model(cfg: Config, paths: RunPaths, k: int, runtime: Runtime) -> torch.nn.Module:
-    model = build_classifier(cfg.model)
+    # The fold's weights replace everything: never fetch ImageNet weights just to overwrite them.
+    model = build_classifier(dataclasses.replace(cfg.model, pretrained=False, pretrained_file=None))
     state = load_weights(paths.fold_weights(k))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
@@ -60,6 +112,7 @@ def ensemble_logits(
                                 desc=f"predict fold {k}")
         total += logits.double().numpy()
         del model
+        failpoint("predict_fold")
     return total / max(1, len(folds))
 
 

@@ -74,7 +74,7 @@ def run_ssl(cfg: Config, runtime: Runtime, paths: RunPaths, force: bool = False)
     )
     log.info("ssl: %d faces (%s), %s, mask ratio %.2f at %d px patches, %s", len(dataset), "+".join(splits),
              cfg.model.backbone, cfg.ssl.mask_ratio, cfg.ssl.mask_patch, runtime.describe())
-    loop = TrainLoop(spec, runtime, model, dataset, compute_loss, prepare=augment)
+    loop = TrainLoop(spec, runtime, model, dataset, compute_loss, prepare=augment.prepare)
     summary = loop.run()
     if runtime.is_main:
         save_weights(paths.encoder, model.encoder_state_dict(), metadata={"stage_hash": h, "backbone": cfg.model.backbone})

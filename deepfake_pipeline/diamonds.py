@@ -1,0 +1,189 @@
+"""Pseudo-label mining ("diamonds"): an earlier run's fold ensemble labels its most confident test faces.
+
+``make_diamonds.py --run weights/<run>`` reopens the run from its saved ``config.yaml`` (backbone,
+TTA and alignment settings are the run's own), averages the logits of its finished folds over the
+TTA views on every aligned test face, and keeps faces with ``p > diamonds.high`` as fake and
+``p < diamonds.low`` as real, optionally capped (``max_per_class``, ``max_fraction``) and balanced to
+the train prior (``balance``), most confident first. The CSV it writes (default
+``data/train_diamond.csv``) holds the original labelled rows (``is_pseudo`` 0) and the diamonds
+(``is_pseudo`` 1, ``prob``, ``source_run``, ``config_hash`` = the run's finetune settings hash); the
+next round reads it through ``data.pseudo_labels`` (``dataset.read_pseudo_labels``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .artifacts import RunPaths, load_faces, usable_faces
+from .config import Config, DiamondsConfig, stage_hash
+from .dataset import load_layout
+from .errors import ConfigError, PipelineError
+from .images import save_csv
+from .predict import ensemble_logits, inference_runtime, load_run_config, run_settings_hashes, sigmoid
+
+log = logging.getLogger(__name__)
+
+DIAMOND_COLUMNS = ["Id", "target_feature", "is_pseudo", "prob", "source_run", "config_hash"]
+# Settings that decide where and how fast the run's models execute, not what they predict:
+# taken from the current config so that a CPU box can mine from a run trained on GPUs.
+_RUNTIME_FIELDS = ("device", "amp", "workers", "progress", "channels_last")
+
+
+# ----------------------------------------------------------------------------- selection (pure)
+
+
+def _check(cfg: DiamondsConfig) -> None:
+    problems = []
+    if not 0.0 <= cfg.low < 0.5 < cfg.high <= 1.0:
+        problems.append(f"diamonds.low/high: need 0 <= low < 0.5 < high <= 1, got {cfg.low}/{cfg.high}")
+    if cfg.max_per_class is not None and cfg.max_per_class < 0:
+        problems.append(f"diamonds.max_per_class: {cfg.max_per_class} is negative")
+    if cfg.max_fraction is not None and not 0.0 <= cfg.max_fraction <= 1.0:
+        problems.append(f"diamonds.max_fraction: {cfg.max_fraction} is outside [0, 1]")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def class_cap(cfg: DiamondsConfig, n_test: int) -> int | None:
+    """The most rows one class may keep: ``max_per_class`` and ``max_fraction`` of the test set."""
+    caps = []
+    if cfg.max_per_class is not None:
+        caps.append(int(cfg.max_per_class))
+    if cfg.max_fraction is not None:
+        caps.append(int(math.floor(cfg.max_fraction * n_test + 1e-9)))
+    return min(caps) if caps else None
+
+
+def balanced_counts(n_fake: int, n_real: int, prior: float) -> tuple[int, int]:
+    """The largest (fake, real) counts within the candidates whose ratio is the prior's fake/real ratio."""
+    if prior <= 0.0:
+        return 0, n_real
+    if prior >= 1.0:
+        return n_fake, 0
+    ratio = prior / (1.0 - prior)  # fakes per real
+    if n_fake >= n_real * ratio:
+        return min(n_fake, int(round(n_real * ratio))), n_real
+    return n_fake, min(n_real, int(round(n_fake / ratio)))
+
+
+def select_diamonds(probs: pd.DataFrame, cfg: DiamondsConfig, n_test: int | None = None,
+                    prior: float | None = None) -> pd.DataFrame:
+    """Confident rows of ``probs`` (columns Id, prob, optionally logit) -> Id, target_feature, prob.
+
+    Fake: ``prob > cfg.high``; real: ``prob < cfg.low``. Per class, at most :func:`class_cap` rows
+    (``n_test`` defaults to ``len(probs)``), then with ``cfg.balance`` the counts are cut to the
+    train ``prior`` ratio. The most confident rows are kept (by logit when given, else by prob;
+    ties by Id); the result lists fakes then reals, most confident first.
+    """
+    _check(cfg)
+    n_test = len(probs) if n_test is None else n_test
+    score = "logit" if "logit" in probs.columns else "prob"
+    fake = probs[probs["prob"] > cfg.high].sort_values([score, "Id"], ascending=[False, True], kind="stable")
+    real = probs[probs["prob"] < cfg.low].sort_values([score, "Id"], ascending=[True, True], kind="stable")
+    cap = class_cap(cfg, n_test)
+    if cap is not None:
+        fake, real = fake.head(cap), real.head(cap)
+    if cfg.balance:
+        if prior is None or not 0.0 <= prior <= 1.0:
+            raise ValueError("diamonds.balance needs the train prior (share of fakes) in [0, 1]")
+        n_fake, n_real = balanced_counts(len(fake), len(real), prior)
+        if (n_fake, n_real) != (len(fake), len(real)):
+            log.info("diamonds: balanced to the train prior %.3f: %d -> %d fake, %d -> %d real", prior,
+                     len(fake), n_fake, len(real), n_real)
+        fake, real = fake.head(n_fake), real.head(n_real)
+    out = pd.concat([fake.assign(target_feature=1), real.assign(target_feature=0)], ignore_index=True)
+    return out[["Id", "target_feature", "prob"]].astype({"target_feature": int, "prob": float})
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+@dataclass
+class DiamondSummary:
+    out: Path
+    run: Path
+    folds: list[int]
+    n_folds: int
+    n_test: int
+    n_predicted: int  # test images with an aligned face
+    candidates: dict[str, int] = field(default_factory=dict)  # class -> rows past the threshold
+    kept: dict[str, int] = field(default_factory=dict)  # class -> rows written
+
+    @property
+    def share(self) -> float:
+        return sum(self.kept.values()) / self.n_test if self.n_test else 0.0
+
+    def line(self) -> str:
+        per_class = ", ".join(
+            f"{name} {self.kept[name]} ({self.kept[name] / max(1, self.n_test):.1%} of test; "
+            f"{self.candidates[name]} past the threshold)" for name in ("fake", "real")
+        )
+        return (f"diamonds: {sum(self.kept.values())} of {self.n_test} test images mined ({self.share:.1%}): "
+                f"{per_class}; from {len(self.folds)}/{self.n_folds} fold(s) of {self.run} -> {self.out}")
+
+
+def mine(run_cfg: Config, paths: RunPaths, dcfg: DiamondsConfig, out: Path, config_hash: str) -> DiamondSummary:
+    """Predict the run's aligned test faces, select diamonds, write ``out`` (atomically)."""
+    from .finetune import finished_folds
+
+    _check(dcfg)
+    n_folds = run_cfg.finetune.folds
+    folds = finished_folds(paths, n_folds)
+    if not folds:
+        raise PipelineError(
+            f"{paths.root}: no finished folds (fold<k>/done.json + best.safetensors): finish at least one "
+            "fold with train.py --stage finetune before mining diamonds"
+        )
+    log.info("diamonds: %d/%d fold(s) finished, using fold(s) %s of %s", len(folds), n_folds, folds, paths.root)
+    layout = load_layout(run_cfg.data, check_images=False)
+    labels = layout.train.frame[["Id", "target"]]
+    train_ids = set(labels["Id"])
+    test_ids = list(layout.test.frame["Id"])
+    faces = usable_faces(load_faces(run_cfg), "test")
+    faces = faces[faces["Id"].isin(set(test_ids))]
+    overlap = faces["Id"].isin(train_ids)
+    if overlap.any():
+        log.warning("diamonds: %d test Id(s) are also train Ids and are never mined, e.g. %s",
+                    int(overlap.sum()), faces.loc[overlap, "Id"].iloc[0])
+        faces = faces[~overlap]
+    faces = faces.reset_index(drop=True)
+    if len(faces) < len(test_ids):
+        log.warning("diamonds: %d test image(s) have no aligned face and cannot be mined",
+                    len(test_ids) - len(faces))
+
+    runtime = inference_runtime(run_cfg.run.device, run_cfg.run.amp, run_cfg.run.channels_last)
+    logits = ensemble_logits(run_cfg, paths, runtime, folds, list(faces["path"])) if len(faces) else np.zeros(0)
+    probs = pd.DataFrame({"Id": faces["Id"], "prob": sigmoid(logits), "logit": logits})
+    prior = float(labels["target"].mean())
+    chosen = select_diamonds(probs, dcfg, n_test=len(test_ids), prior=prior)
+    assert not set(chosen["Id"]) & train_ids, "diamonds must never include train Ids"
+
+    originals = pd.DataFrame({"Id": labels["Id"], "target_feature": labels["target"].astype(int), "is_pseudo": 0,
+                              "prob": np.nan, "source_run": "", "config_hash": ""})
+    diamonds = chosen.assign(is_pseudo=1, source_run=str(paths.root), config_hash=config_hash)
+    save_csv(out, pd.concat([originals, diamonds[DIAMOND_COLUMNS]], ignore_index=True)[DIAMOND_COLUMNS])
+    return DiamondSummary(
+        out=out, run=paths.root, folds=folds, n_folds=n_folds, n_test=len(test_ids), n_predicted=len(faces),
+        candidates={"fake": int((probs["prob"] > dcfg.high).sum()), "real": int((probs["prob"] < dcfg.low).sum())},
+        kept={"fake": int(chosen["target_feature"].sum()), "real": int((chosen["target_feature"] == 0).sum())},
+    )
+
+
+def run_diamonds(run_dir: str | Path, config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                 out: str | Path = "data/train_diamond.csv") -> DiamondSummary:
+    """``make_diamonds.py``: the models come from the run's saved config (plus ``overrides``); the
+    ``diamonds`` section and the runtime settings from ``config`` (default: that same saved config)."""
+    run_dir = Path(run_dir)
+    run_cfg = load_run_config(run_dir, overrides)
+    current = load_run_config(run_dir, overrides, config) if config is not None else run_cfg
+    for name in _RUNTIME_FIELDS:
+        setattr(run_cfg.run, name, getattr(current.run, name))
+    run_cfg.predict.batch_size = current.predict.batch_size
+    config_hash = run_settings_hashes(run_dir).get("finetune") or stage_hash(run_cfg, ["model", "finetune"])
+    return mine(run_cfg, RunPaths(run_dir), current.diamonds, Path(out), config_hash)

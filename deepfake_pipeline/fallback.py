@@ -1,0 +1,571 @@
+"""The fallback that always answers: a complete, valid submission from whatever a run has.
+
+``safe_inference.py --run weights/<run>`` uses every finished fold that loads (at least one), on
+CUDA or the CPU, and never lets one image stop the others:
+
+- test images without a usable aligned face (no ``faces.csv``, a row missing, a file deleted or
+  corrupt) are aligned on the fly from the raw image with the run's own policy (``faces.py``:
+  MTCNN + crop policy; centre crop when detection fails; letterbox when ``align.enabled`` is off);
+- out of memory halves the batch and goes on (down to 1, then a clear error);
+- a batch whose forward fails is retried image by image; an image that still fails, or whose raw
+  file cannot be read, gets the training prior's class and a row in ``problems.csv``.
+
+``--input PATH`` runs the same machinery on one photo or a folder of photos: "does this look fake?".
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .artifacts import RunPaths, load_faces
+from .augment import parse_tta
+from .config import Config
+from .dataset import decode_face, list_images, load_layout, read_labels
+from .engine import to_device_float
+from .errors import CheckpointError, DataValidationError, PipelineError
+from .faces import FaceDetector, centre_box, choose, crop_square, detection_copy, letterbox
+from .images import read_image, save_csv, save_jpeg
+from .predict import load_fold_model, read_threshold, sigmoid, validate_submission
+from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+View = Callable[[torch.Tensor], torch.Tensor]
+
+
+# ----------------------------------------------------------------------------- on-the-fly alignment
+
+
+@dataclass
+class Aligned:
+    """One raw image aligned now: status face | fallback | whole | unreadable."""
+
+    status: str
+    path: Path | None = None  # the crop (JPEG, like the alignment stage writes)
+    prob: float | None = None  # detection probability of the chosen face
+    note: str = ""
+
+
+class OnTheFlyAligner:
+    """Aligns raw images with the run's ``align`` settings into ``workdir`` (faces.py policy).
+
+    The MTCNN detector is built on first use; if it cannot be built or fails on a batch, those
+    images get the centre crop (status fallback) instead.
+    """
+
+    def __init__(self, cfg: Config, device: torch.device, workdir: Path):
+        self.cfg = cfg
+        self.device = device
+        self.workdir = workdir
+        self._detector: FaceDetector | None = None
+        self._detector_error: str | None = None
+        self._count = 0
+
+    def _get_detector(self) -> FaceDetector | None:
+        if self._detector is None and self._detector_error is None:
+            try:
+                self._detector = FaceDetector(self.cfg.align.min_face_frac, self.device)
+            except Exception as exc:  # missing package, weights, device trouble: centre crops then
+                self._detector_error = f"detector unavailable ({type(exc).__name__}: {exc})"
+                log.warning("on-the-fly alignment: %s; centre crops instead", self._detector_error)
+        return self._detector
+
+    def align(self, sources: list[Path]) -> list[Aligned]:
+        acfg = self.cfg.align
+        out: list[Aligned] = []
+        step = max(1, acfg.batch_size)
+        for start in range(0, len(sources), step):
+            out += self._align_batch(sources[start:start + step])
+        return out
+
+    def _align_batch(self, sources: list[Path]) -> list[Aligned]:
+        acfg, dcfg = self.cfg.align, self.cfg.data
+        pixels: list[np.ndarray | None] = []
+        results: list[Aligned] = []
+        for src in sources:
+            try:
+                loaded = read_image(src, dcfg.max_pixels, dcfg.allow_truncated)
+                pixels.append(loaded.pixels)
+                results.append(Aligned("pending", note=loaded.note))
+            except Exception as exc:  # ImageReadError, OSError, anything the decoder throws
+                pixels.append(None)
+                results.append(Aligned("unreadable", note=str(getattr(exc, "reason", exc))))
+        found: dict[int, list] = {}
+        detect_note = ""
+        todo = [i for i, p in enumerate(pixels) if p is not None]
+        if acfg.enabled and todo:
+            detector = self._get_detector()
+            if detector is None:
+                detect_note = self._detector_error or "detector unavailable"
+            else:
+                copies = [detection_copy(pixels[i], acfg.detect_max_side) for i in todo]  # type: ignore[arg-type]
+                try:
+                    faces = detector.detect([c for c, _ in copies], [s for _, s in copies])
+                    found = dict(zip(todo, faces))
+                except Exception as exc:
+                    detect_note = f"face detection failed ({type(exc).__name__}: {exc})"
+                    log.warning("on-the-fly alignment: %s; centre crops for %d image(s)", detect_note, len(todo))
+        for i in todo:
+            results[i] = self._crop(pixels[i], found.get(i), detect_note, results[i].note)  # type: ignore[arg-type]
+        return results
+
+    def _crop(self, pixels: np.ndarray, faces: list | None, detect_note: str, read_note: str) -> Aligned:
+        acfg = self.cfg.align
+        height, width = pixels.shape[:2]
+        notes = [n for n in (read_note,) if n]
+        target = self.workdir / f"{self._count:07d}.jpg"  # never built from an Id
+        self._count += 1
+        try:
+            if not acfg.enabled:
+                crop, result = letterbox(pixels, acfg.size), Aligned("whole")
+            elif faces is None:
+                crop, result = crop_square(pixels, centre_box(width, height), acfg.size), Aligned("fallback")
+                notes.append(detect_note or "no detection")
+            else:
+                choice = choose(faces, width, height, acfg)
+                crop = crop_square(pixels, choice.box, acfg.size)
+                result = Aligned(choice.status, prob=choice.face.prob if choice.face else choice.best_prob)
+                if choice.face is None:
+                    notes.append("no face detected" if choice.best_prob is None
+                                 else f"best face prob {choice.best_prob:.3f} < min_prob {acfg.min_prob}")
+            save_jpeg(target, crop, acfg.jpeg_quality)
+        except Exception as exc:  # a crop that cannot be made or written
+            return Aligned("unreadable", note=f"alignment failed: {type(exc).__name__}: {exc}")
+        result.path = target
+        result.note = "; ".join(notes)
+        return result
+
+
+# ----------------------------------------------------------------------------- robust forward
+
+
+def is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+@torch.no_grad()
+def model_logits(model: nn.Module, images: torch.Tensor, runtime: Runtime, img_size: int,
+                 views: list[View]) -> torch.Tensor:
+    """Mean logit over ``views`` of a uint8 batch (the maths of ``engine.predict_logits``), on the CPU."""
+    x = to_device_float(images, runtime, img_size)
+    total = None
+    for view in views:
+        with runtime.autocast():
+            logits = model(view(x)).float()
+        total = logits if total is None else total + logits
+    return (total / len(views)).cpu()
+
+
+class SafePredictor:
+    """Fold models whose forward halves the batch on out-of-memory and isolates failing images."""
+
+    def __init__(self, models: dict[int, nn.Module], runtime: Runtime, img_size: int, views: list[View],
+                 batch_size: int):
+        self.models = models
+        self.runtime = runtime
+        self.img_size = img_size
+        self.views = views
+        self.batch_size = max(1, batch_size)
+        self.halvings: list[int] = []  # batch sizes that ran out of memory
+
+    def _call(self, model: nn.Module, images: torch.Tensor) -> np.ndarray:
+        # Looked up at call time: the tests replace it to simulate out-of-memory.
+        return model_logits(model, images, self.runtime, self.img_size, self.views).double().numpy()
+
+    def _oom(self, size: int) -> None:
+        if size <= 1:
+            raise PipelineError(
+                f"out of memory on {self.runtime.device} even at batch size 1: free the device or rerun with "
+                "--device cpu"
+            )
+        self.halvings.append(size)
+        self.batch_size = max(1, size // 2)
+        log.warning("out of memory at batch size %d on %s: going on with %d", size, self.runtime.device,
+                    self.batch_size)
+        if self.runtime.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _forward(self, model: nn.Module, images: torch.Tensor) -> tuple[np.ndarray, list[str | None]]:
+        """Logits of one model for a host uint8 batch (NaN where it failed) and the failure reasons."""
+        n = images.shape[0]
+        logits = np.full(n, np.nan)
+        errors: list[str | None] = [None] * n
+        start = 0
+        while start < n:
+            size = self.batch_size
+            part = images[start:start + size]
+            failure: BaseException | None = None
+            try:
+                logits[start:start + len(part)] = self._call(model, part)
+            except Exception as exc:
+                failure = exc
+            if failure is not None and is_oom(failure):
+                del failure
+                self._oom(len(part))
+                continue  # same start, smaller batch
+            if failure is not None:  # not memory: find the image(s) responsible
+                log.warning("model forward failed on a batch of %d (%s): retrying image by image", len(part),
+                            _short(failure))
+                del failure
+                for j in range(len(part)):
+                    one: BaseException | None = None
+                    try:
+                        logits[start + j] = self._call(model, part[j:j + 1])[0]
+                    except Exception as exc:
+                        one = exc
+                    if one is not None:
+                        if is_oom(one):
+                            self._oom(1)
+                        errors[start + j] = f"model forward failed: {_short(one)}"
+                if len(part) > 1 and all(errors[start:start + len(part)]):
+                    # Every image fails alone too: the model or the device is broken, not the data.
+                    raise PipelineError(
+                        f"the model fails on every image of a batch on {self.runtime.device} ({errors[start]}); "
+                        "try --device cpu"
+                    )
+            start += len(part)
+        for i in np.flatnonzero(~np.isfinite(logits)):
+            errors[i] = errors[i] or "model gave a non-finite logit"
+            logits[i] = np.nan
+        return logits, errors
+
+    def predict(self, images: torch.Tensor) -> tuple[np.ndarray, list[str | None]]:
+        """Mean logit over the folds (NaN where every fold failed) and a reason per failed image."""
+        per_fold = []
+        reasons: list[str | None] = [None] * images.shape[0]
+        for model in self.models.values():
+            logits, errors = self._forward(model, images)
+            per_fold.append(logits)
+            reasons = [r or e for r, e in zip(reasons, errors)]
+        stacked = np.stack(per_fold)
+        ok = np.isfinite(stacked)
+        count = ok.sum(axis=0)
+        mean = np.where(count > 0, np.where(ok, stacked, 0.0).sum(axis=0) / np.maximum(count, 1), np.nan)
+        return mean, [None if c > 0 else r for c, r in zip(count, reasons)]
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+class _FaceFiles(Dataset):
+    """Aligned face files -> uint8 3xSxS tensors; a file that cannot be decoded yields its error instead."""
+
+    def __init__(self, paths: list[Path], size: int):
+        self.paths = paths
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            image = decode_face(str(self.paths[index]))
+            if tuple(image.shape[1:]) != (self.size, self.size):  # one size per batch: stackable
+                image = torch.nn.functional.interpolate(
+                    image[None].float(), size=(self.size, self.size), mode="bilinear", antialias=True,
+                    align_corners=False,
+                )[0].round().clamp(0, 255).to(torch.uint8)
+            return index, image, None
+        except Exception as exc:
+            return index, None, str(getattr(exc, "reason", None) or _short(exc))
+
+
+def _as_list(batch: list) -> list:
+    return batch
+
+
+def predict_files(predictor: SafePredictor, paths: list[Path], size: int, workers: int, chunk: int,
+                  progress: bool = False) -> tuple[np.ndarray, list[str | None], list[str | None]]:
+    """(mean logits, decode errors, model errors) for aligned face files, in order."""
+    from tqdm import tqdm
+
+    logits = np.full(len(paths), np.nan)
+    decode_errors: list[str | None] = [None] * len(paths)
+    model_errors: list[str | None] = [None] * len(paths)
+    loader = DataLoader(_FaceFiles(paths, size), batch_size=max(1, chunk), shuffle=False, num_workers=workers,
+                        collate_fn=_as_list)
+    for batch in tqdm(loader, desc="safe predict", disable=not progress, leave=False, dynamic_ncols=True):
+        good = [(i, img) for i, img, err in batch if img is not None]
+        for i, _, err in batch:
+            if err is not None:
+                decode_errors[i] = err
+        if not good:
+            continue
+        mean, errors = predictor.predict(torch.stack([img for _, img in good]))
+        for (i, _), value, error in zip(good, mean, errors):
+            logits[i] = value
+            model_errors[i] = error
+    return logits, decode_errors, model_errors
+
+
+# ----------------------------------------------------------------------------- the run's pieces
+
+
+def load_models(cfg: Config, paths: RunPaths, runtime: Runtime) -> dict[int, nn.Module]:
+    """Every finished fold whose weights load; PipelineError when none does."""
+    from .finetune import finished_folds
+
+    folds = finished_folds(paths, cfg.finetune.folds)
+    if not folds:
+        raise PipelineError(
+            f"{paths.root}: no finished folds (fold<k>/done.json + best.safetensors): nothing to predict with; "
+            "finish at least one fold with train.py --stage finetune"
+        )
+    models, failed = {}, []
+    for k in folds:
+        try:
+            models[k] = load_fold_model(cfg, paths, k, runtime)
+        except CheckpointError as exc:
+            failed.append(f"fold {k}: {exc}")
+            log.warning("safe inference: fold %d skipped: %s", k, exc)
+        except Exception as exc:
+            if is_oom(exc):
+                raise PipelineError(f"out of memory loading fold {k} on {runtime.device}: rerun with --device cpu"
+                                    ) from exc
+            raise
+    if not models:
+        raise PipelineError("no finished fold could be loaded: " + "; ".join(failed))
+    log.info("safe inference: %d/%d fold(s) usable: %s", len(models), cfg.finetune.folds, sorted(models))
+    return models
+
+
+def threshold_or_default(paths: RunPaths) -> float:
+    """threshold.json when present and readable, else 0.5 (with a warning)."""
+    if paths.threshold_json.is_file():
+        try:
+            value = read_threshold(paths)
+            if 0.0 <= value <= 1.0:
+                return value
+            log.warning("%s: threshold %s outside [0, 1]", paths.threshold_json, value)
+        except Exception as exc:  # torn or hand-edited file
+            log.warning("%s unreadable (%s)", paths.threshold_json, _short(exc))
+    else:
+        log.warning("%s not found (not every fold finished?)", paths.threshold_json)
+    log.warning("safe inference: using the default threshold 0.5")
+    return 0.5
+
+
+def test_set_and_prior(cfg: Config, paths: RunPaths) -> tuple[dict[str, Path], float]:
+    """Test Id -> raw image, and the share of fakes among the training labels.
+
+    A dataset that fails validation (e.g. an inference box with test images only) still answers for
+    the test images found; the prior then comes from the labels that parse, the run's folds.csv, or 0.5.
+    """
+    prior: float | None = None
+    try:
+        layout = load_layout(cfg.data, check_images=False)
+        test = {i: Path(p) for i, p in zip(layout.test.frame["Id"], layout.test.frame["path"])}
+        prior = float(layout.train.frame["target"].mean())
+    except DataValidationError as exc:
+        root = Path(cfg.data.root)
+        images, _, _ = list_images(root / cfg.data.test_dir)
+        if not images:
+            raise PipelineError(f"no test images to answer for: {exc}") from exc
+        log.warning("safe inference: dataset problems (%s); answering for the %d test image(s) found",
+                    exc.problems[0], len(images))
+        test = dict(images)
+        labels, _ = read_labels(root / cfg.data.labels_csv)
+        targets = pd.to_numeric(labels["target"], errors="coerce")
+        targets = targets[targets.isin([0, 1])]
+        if len(targets):
+            prior = float(targets.mean())
+    if prior is None and paths.folds_csv.is_file():
+        folds = pd.read_csv(paths.folds_csv)
+        if "target" in folds.columns:
+            original = folds[folds["is_pseudo"] == 0] if "is_pseudo" in folds.columns else folds
+            prior = float(original["target"].mean()) if len(original) else None
+    if prior is None or not np.isfinite(prior):
+        log.warning("safe inference: no training labels found: prior 0.5")
+        prior = 0.5
+    return test, prior
+
+
+def aligned_faces(cfg: Config, test_ids: list[str]) -> tuple[dict[str, tuple[Path, str]], str]:
+    """Test Id -> (aligned face file in ``align.out``, its status), for the faces.csv rows whose file is
+    there; and why there are none when faces.csv cannot be read."""
+    try:
+        faces = load_faces(cfg)
+    except Exception as exc:
+        return {}, f"no alignment manifest: {_short(exc)}"
+    folder = Path(cfg.align.out)
+    wanted = set(test_ids)
+    found = {}
+    rows = faces[(faces["split"] == "test") & (faces["status"] != "unreadable") & (faces["path"] != "")]
+    for ident, recorded, status in zip(rows["Id"], rows["path"], rows["status"]):
+        # The file of *this* faces folder (align.out), wherever it was when faces.csv was written.
+        path = folder / "test" / Path(str(recorded)).name
+        if ident in wanted and path.is_file():
+            found[ident] = (path, str(status))
+    try:
+        from .align import settings_hash
+
+        recorded_hash = set(faces["settings_hash"]) if "settings_hash" in faces.columns else set()
+        if recorded_hash and recorded_hash != {settings_hash(cfg)}:
+            log.warning("safe inference: %s was made with other align settings than this config's", folder)
+    except Exception:  # the check is advice only
+        pass
+    return found, ""
+
+
+# ----------------------------------------------------------------------------- the two commands
+
+
+@dataclass
+class SafeResult:
+    submission: pd.DataFrame  # Id, target_feature
+    probs: pd.DataFrame  # Id, prob, source (aligned | realigned | prior), status
+    problems: pd.DataFrame  # Id, reason, prob, target_feature: the rows that got the prior
+    folds: list[int]
+    threshold: float
+    prior: float
+    batch_size: int  # after any halving
+    halvings: list[int] = field(default_factory=list)
+    out: Path | None = None
+
+    def line(self) -> str:
+        src = self.probs["source"].value_counts()
+        halved = f", batch halved at {self.halvings}" if self.halvings else ""
+        return (f"safe inference: {len(self.submission)} test images, folds {self.folds}, threshold "
+                f"{self.threshold:.4f}, batch {self.batch_size}{halved} | {src.get('aligned', 0)} aligned faces, "
+                f"{src.get('realigned', 0)} aligned on the fly, {src.get('prior', 0)} prior "
+                f"({self.prior:.3f} -> class {int(self.prior >= 0.5)}), "
+                f"{int(self.submission['target_feature'].sum())} predicted fake -> {self.out}")
+
+
+def make_predictor(cfg: Config, paths: RunPaths, runtime: Runtime, fast: bool) -> SafePredictor:
+    models = load_models(cfg, paths, runtime)
+    views = parse_tta(["identity"] if fast else cfg.predict.tta)
+    return SafePredictor(models, runtime, cfg.model.img_size, views, cfg.predict.batch_size)
+
+
+def _predict_paths(cfg: Config, predictor: SafePredictor, paths: list[Path]
+                   ) -> tuple[np.ndarray, list[str | None], list[str | None]]:
+    return predict_files(predictor, paths, cfg.align.size, cfg.run.workers, cfg.predict.batch_size,
+                         cfg.run.progress)
+
+
+def safe_inference(cfg: Config, paths: RunPaths, runtime: Runtime, out: Path, fast: bool = False) -> SafeResult:
+    """Write ``out`` (Id,target_feature for every test Id), ``problems.csv`` and ``<out>_probs.csv`` beside it."""
+    predictor = make_predictor(cfg, paths, runtime, fast)
+    threshold = threshold_or_default(paths)
+    test, prior = test_set_and_prior(cfg, paths)
+    test_ids = list(test)
+    have, why = aligned_faces(cfg, test_ids)
+    prob: dict[str, float] = {}
+    source: dict[str, str] = {}
+    status = {i: have[i][1] for i in have}
+    reasons: dict[str, str] = {}
+
+    # 1. Faces aligned by align_faces.py; a file that does not decode is realigned below.
+    ids = [i for i in test_ids if i in have]
+    logits, decode_errors, model_errors = _predict_paths(cfg, predictor, [have[i][0] for i in ids])
+    again = []
+    for i, value, dec, err in zip(ids, logits, decode_errors, model_errors):
+        if dec is not None:
+            again.append(i)
+            reasons[i] = f"aligned face unreadable ({dec})"
+        elif err is not None:
+            reasons[i] = err
+        else:
+            prob[i], source[i] = float(sigmoid(value)), "aligned"
+    # 2. The rest from the raw images, aligned now.
+    missing = [i for i in test_ids if i not in have]
+    if missing:
+        log.warning("safe inference: %d test image(s) without an aligned face (%s): aligning them on the fly",
+                    len(missing), why or f"not in {Path(cfg.align.out) / 'faces.csv'} or file missing")
+    todo = missing + again
+    if todo:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".safe_faces_", dir=out.parent) as tmp:
+            aligned = OnTheFlyAligner(cfg, runtime.device, Path(tmp)).align([test[i] for i in todo])
+            ready = [(i, a) for i, a in zip(todo, aligned) if a.path is not None]
+            for i, a in zip(todo, aligned):
+                status[i] = a.status
+                if a.path is None:
+                    reasons[i] = "; ".join(filter(None, [reasons.get(i), f"raw image unreadable: {a.note}"]))
+            logits, decode_errors, model_errors = _predict_paths(cfg, predictor, [a.path for _, a in ready])
+            for (i, _), value, dec, err in zip(ready, logits, decode_errors, model_errors):
+                if dec is not None or err is not None:
+                    reasons[i] = "; ".join(filter(None, [reasons.get(i), dec or err]))
+                else:
+                    prob[i], source[i] = float(sigmoid(value)), "realigned"
+                    reasons.pop(i, None)
+    # 3. Anything left gets the training prior's class.
+    prior_class = int(prior >= 0.5)
+    labels, probs_out = [], []
+    for i in test_ids:
+        if i in prob:
+            labels.append(int(prob[i] >= threshold))
+            probs_out.append(prob[i])
+        else:
+            source[i] = "prior"
+            reasons.setdefault(i, "no prediction")
+            labels.append(prior_class)
+            probs_out.append(prior)
+    submission = pd.DataFrame({"Id": test_ids, "target_feature": labels})
+    validate_submission(submission, test_ids)
+    probs = pd.DataFrame({"Id": test_ids, "prob": probs_out, "source": [source[i] for i in test_ids],
+                          "status": [status.get(i, "") for i in test_ids]})
+    bad = [i for i in test_ids if source[i] == "prior"]
+    problems = pd.DataFrame({"Id": bad, "reason": [reasons[i] for i in bad], "prob": prior,
+                             "target_feature": prior_class}, columns=["Id", "reason", "prob", "target_feature"])
+    for i in bad[:10]:
+        log.warning("safe inference: %s gets the prior class %d: %s", i, prior_class, reasons[i])
+    save_csv(out.with_name(out.stem + "_probs.csv"), probs)
+    save_csv(out.parent / "problems.csv", problems)
+    save_csv(out, submission)
+    return SafeResult(submission, probs, problems, sorted(predictor.models), threshold, prior,
+                      predictor.batch_size, predictor.halvings, out)
+
+
+def list_inputs(path: Path) -> list[Path]:
+    """One file, or every visible file of a folder (sorted); each one gets a row."""
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    raise PipelineError(f"--input {path}: no such file or folder")
+
+
+def inspect_images(cfg: Config, paths: RunPaths, runtime: Runtime, inputs: list[Path], fast: bool = False
+                   ) -> pd.DataFrame:
+    """Id (file name), prob, label (1 fake / 0 real; empty when unanswered), status, note per input file."""
+    predictor = make_predictor(cfg, paths, runtime, fast)
+    threshold = threshold_or_default(paths)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="safe_faces_") as tmp:
+        aligned = OnTheFlyAligner(cfg, runtime.device, Path(tmp)).align(inputs)
+        ready = [k for k, a in enumerate(aligned) if a.path is not None]
+        logits, decode_errors, model_errors = _predict_paths(cfg, predictor, [aligned[k].path for k in ready])
+        result = {k: (v, d or e) for k, v, d, e in zip(ready, logits, decode_errors, model_errors)}
+    for k, (src, a) in enumerate(zip(inputs, aligned)):
+        value, error = result.get(k, (np.nan, None))
+        p = float(sigmoid(value)) if np.isfinite(value) else np.nan
+        rows.append({"Id": src.name, "prob": p, "label": int(p >= threshold) if np.isfinite(p) else pd.NA,
+                     "status": a.status, "note": "; ".join(filter(None, [a.note, error]))})
+    frame = pd.DataFrame(rows, columns=["Id", "prob", "label", "status", "note"])
+    frame["label"] = frame["label"].astype("Int64")
+    return frame
+
+
+def iter_lines(frame: pd.DataFrame) -> Iterator[str]:
+    """A readable table of :func:`inspect_images` rows."""
+    yield f"{'Id':<32} {'prob':>7}  {'label':<5}  {'status':<10} note"
+    for r in frame.itertuples(index=False):
+        prob = f"{r.prob:.4f}" if pd.notna(r.prob) else "-"
+        label = "-" if pd.isna(r.label) else ("fake" if int(r.label) else "real")
+        yield f"{r.Id:<32} {prob:>7}  {label:<5}  {r.status:<10} {r.note}"
