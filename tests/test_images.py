@@ -8,7 +8,14 @@ import pytest
 from PIL import Image
 
 from deepfake_pipeline.errors import ImageReadError
-from deepfake_pipeline.images import atomic_path, atomic_write_text, image_header, read_image, remove_stale_temps, save_jpeg
+from deepfake_pipeline.images import (
+    atomic_path,
+    atomic_write_text,
+    image_header,
+    read_image,
+    remove_stale_temps,
+    save_jpeg,
+)
 
 from .bad_inputs import readable_corpus, unreadable_corpus
 
