@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,10 +87,21 @@ def load_faces(cfg: Config) -> pd.DataFrame:
 
 
 def faces_fingerprint(faces: pd.DataFrame) -> str:
-    """Identifies the aligned inputs (Ids, status, alignment settings), for stage hashes."""
-    cols = [c for c in ("Id", "split", "status", "settings_hash") if c in faces.columns]
-    text = faces[cols].sort_values(["split", "Id"]).to_csv(index=False)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    """Identifies the aligned inputs, for stage hashes: Ids, status, alignment settings, and each
+    aligned file's size and mtime. Alignment rewrites a face whenever its source image changed,
+    so changed input data changes this fingerprint and a finished stage is not reused silently.
+    (Copying the faces folder without keeping mtimes counts as a change: ``--force`` redoes.)"""
+    cols = [c for c in ("Id", "split", "status", "settings_hash", "path") if c in faces.columns]
+    table = faces[cols].sort_values(["split", "Id"])
+    digest = hashlib.sha256(table.to_csv(index=False).encode())
+    for path in table["path"]:
+        if path:
+            try:
+                st = os.stat(path)
+                digest.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+            except OSError:
+                digest.update(b"missing")
+    return digest.hexdigest()[:16]
 
 
 def usable_faces(faces: pd.DataFrame, split: str) -> pd.DataFrame:

@@ -66,13 +66,23 @@ class ModelEma(nn.Module):
         for p in self.module.parameters():
             p.requires_grad_(False)
         self.decay = decay
+        self._pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+        self._source: nn.Module | None = None
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         decay = min(self.decay, (1.0 + step) / (10.0 + step))
-        ema_params = [p for p in self.module.state_dict().values() if p.dtype.is_floating_point]
-        model_params = [p for p in model.state_dict().values() if p.dtype.is_floating_point]
-        torch._foreach_lerp_(ema_params, model_params, 1.0 - decay)
+        if self._pairs is None or self._source is not model:
+            # Floating-point parameters and buffers, matched by name; built once, not per step.
+            ema_state, model_state = self.module.state_dict(), model.state_dict()
+            names = [k for k, v in model_state.items() if v.dtype.is_floating_point]
+            self._pairs = ([ema_state[k] for k in names], [model_state[k] for k in names])
+            self._source = model
+        torch._foreach_lerp_(self._pairs[0], self._pairs[1], 1.0 - decay)
+
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False):  # type: ignore[override]
+        self._pairs = None  # tensors may be replaced: rebuild the pairs on the next update
+        return super().load_state_dict(state, strict=strict, assign=assign)
 
 
 # ----------------------------------------------------------------------------- data
@@ -454,5 +464,5 @@ def predict_logits(
             with runtime.autocast():
                 logits = model(view(x)).float()
             total = logits if total is None else total + logits
-        out.append((total / len(views)).cpu())
-    return torch.cat(out) if out else torch.zeros(0)
+        out.append(total / len(views))  # stays on the device: one copy at the end, no per-batch sync
+    return torch.cat(out).cpu() if out else torch.zeros(0)

@@ -64,6 +64,8 @@ def run_ssl(cfg: Config, runtime: Runtime, paths: RunPaths, force: bool = False)
     def compute_loss(module: torch.nn.Module, x: torch.Tensor, _targets: torch.Tensor) -> torch.Tensor:
         # Masks come from the step-seeded global RNG, so a resumed run draws the same ones.
         masks = generate_masks(x.shape[0], grid, grid, cfg.ssl.mask_ratio, None, torch.device("cpu"))
+        if x.is_cuda:
+            masks = masks.pin_memory()  # a pageable host copy could wait for the queued step
         loss, _ = module(x, masks.to(x.device, non_blocking=True))
         return loss
 

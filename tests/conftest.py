@@ -12,8 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 PYTHON = sys.executable
 
-# Tests run on the CPU with few threads: two cores, several processes at once in some tests.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Tests run on the CPU with one thread each: two cores, several processes at once in some tests
+# (two threads measured 4-6x slower than one on a busy 2-core machine).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def shared_dataset(name: str) -> Path:
