@@ -1,0 +1,540 @@
+"""Stage 1, alignment: every input image -> one square face crop + one manifest row.
+
+Outputs under ``align.out``::
+
+    train/<Id>.jpg  test/<Id>.jpg     the crops (JPEG, written atomically)
+    faces.csv                         the manifest: every input Id of a finished split, once
+    align_config.yaml                 the resolved config, headed by the settings hash
+    .journal/<splits>-<i>-of-<n>.jsonl  one JSON line per finished image, per shard
+
+Resume: a journal line is appended (and flushed) only after its JPEG is in place. A rerun
+reuses a line when its settings hash, the source fingerprint (size + mtime_ns) and the output
+file's (size, mtime_ns) all still match; anything else is redone. A torn last line (killed
+mid-write) is ignored and cut off before appending. ``faces.csv`` is (re)built from all journals
+by whichever shard finds every Id of the requested splits done, or by ``--merge-only``.
+
+Shards: the (split, Id) keys, sorted, are dealt ``keys[i::n]``; under torchrun RANK and
+WORLD_SIZE give i and n. Each shard appends to its own journal file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .config import Config, stage_hash, to_dict, to_yaml
+from .dataset import load_layout
+from .errors import ConfigError, DataValidationError, ImageReadError, PipelineError
+from .faces import Face, FaceDetector, choose, crop_square, detection_copy, letterbox, resolve_device
+from .images import atomic_write_text, read_image, save_csv, save_jpeg
+
+log = logging.getLogger(__name__)
+
+ALIGN_VERSION = 1  # bump when the crop policy changes: old outputs are then redone
+SPLITS = ("train", "test")
+MANIFEST_NAME = "faces.csv"
+MANIFEST_COLUMNS = [
+    "Id", "split", "status", "prob", "box", "n_faces", "src_width", "src_height", "path", "note",
+    "landmarks", "face_box", "settings_hash",
+]
+# Align keys that never change a crop (speed, location, exit policy) stay out of the hash.
+_HASH_EXCLUDED = {"batch_size", "workers", "device", "max_unreadable_share", "out"}
+
+
+def settings_hash(cfg: Config) -> str:
+    """Hash of what decides the crops: align settings, the decoder's data settings, the version.
+
+    ``data.root``/``pseudo_labels`` and ``align.out`` are left out on purpose: sources are
+    fingerprinted one by one, and a new pseudo-label file must not realign every image.
+    """
+    full = to_dict(cfg)
+    align = {k: v for k, v in full["align"].items() if k not in _HASH_EXCLUDED}
+    data = {k: full["data"][k] for k in ("max_pixels", "allow_truncated")}
+    return stage_hash(cfg, [], extra={"align": align, "data": data, "version": ALIGN_VERSION})
+
+
+# ---------------------------------------------------------------- shards
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ConfigError(f"--shard {self.index}/{self.count}: need 0 <= i < n")
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def parse_shard(text: str) -> Shard:
+    """``"i/n"`` -> Shard(i, n)."""
+    try:
+        i, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text!r}: expected i/n, e.g. 0/2") from None
+    return Shard(i, n)
+
+
+def shard_from_env() -> Shard:
+    """RANK/WORLD_SIZE under torchrun, else the single shard 0/1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return Shard(int(os.environ.get("RANK", "0")), world) if world > 1 else Shard()
+
+
+# ---------------------------------------------------------------- plan
+
+
+@dataclass
+class Item:
+    split: str
+    id: str
+    src: Path
+    fingerprint: str  # "<size>-<mtime_ns>" of the source, "" when it cannot be stat'ed
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.split, self.id
+
+    @property
+    def rel_out(self) -> str:
+        return f"{self.split}/{self.id}.jpg"
+
+
+def _fingerprint(path: Path) -> str:
+    try:
+        st = path.stat()
+    except OSError:
+        return ""
+    return f"{st.st_size}-{st.st_mtime_ns}"
+
+
+def plan_items(cfg: Config) -> list[Item]:
+    """Validate the layout (raises DataValidationError) and list every (split, Id), sorted."""
+    # Image headers are not pre-checked: decoding finds unreadable files and records them.
+    layout = load_layout(cfg.data, check_images=False)
+    items = []
+    for split in (layout.train, layout.test):
+        for ident, path in zip(split.frame["Id"], split.frame["path"]):
+            items.append(Item(split.name, str(ident), Path(path), _fingerprint(Path(path))))
+    items.sort(key=lambda it: it.key)
+    return items
+
+
+# ---------------------------------------------------------------- journal
+
+
+def _journal_dir(out: Path) -> Path:
+    return out / ".journal"
+
+
+def read_journals(out: Path) -> Iterator[dict[str, Any]]:
+    """Every complete JSON line of every journal (torn or garbled lines are skipped)."""
+    folder = _journal_dir(out)
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.glob("*.jsonl")):
+        with open(path, "rb") as fh:
+            for raw in fh:
+                if not raw.endswith(b"\n"):
+                    break  # a torn last line from a kill
+                try:
+                    entry = json.loads(raw)
+                except ValueError:
+                    log.warning("%s: skipping a garbled journal line", path)
+                    continue
+                if isinstance(entry, dict):
+                    yield entry
+
+
+def _output_stat(path: Path) -> str:
+    try:
+        st = path.stat()
+    except OSError:
+        return ""
+    return f"{st.st_size}-{st.st_mtime_ns}"
+
+
+def valid_entries(out: Path, items: list[Item], digest: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """Newest journal entry per key that still matches settings, source and output file."""
+    by_key = {it.key: it for it in items}
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    for entry in read_journals(out):
+        try:
+            key = (entry["split"], entry["Id"])
+            item = by_key.get(key)
+            if item is None or entry["hash"] != digest or entry["src_fp"] != item.fingerprint:
+                continue
+            if entry["status"] != "unreadable" and entry["out_fp"] != _output_stat(out / entry["path"]):
+                continue
+            if key not in best or entry["t"] >= best[key]["t"]:
+                best[key] = entry
+        except (KeyError, TypeError):
+            continue
+    return best
+
+
+class Journal:
+    """Append-only JSON-lines file of one shard; locked against a second writer."""
+
+    def __init__(self, path: Path, truncate: bool = False):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._fh: IO[bytes] = open(path, "ab+")  # noqa: SIM115 (closed in close())
+        try:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._fh.close()
+            raise PipelineError(f"{path} is in use: is the same shard already running?") from None
+        if truncate:
+            self._fh.truncate(0)
+        else:
+            self._cut_torn_tail()
+
+    def _cut_torn_tail(self) -> None:
+        self._fh.seek(0)
+        data = self._fh.read()
+        if data and not data.endswith(b"\n"):
+            self._fh.truncate(data.rfind(b"\n") + 1)
+        self._fh.seek(0, os.SEEK_END)
+
+    def append(self, entry: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(entry, separators=(",", ":")).encode() + b"\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.fsync(self._fh.fileno())
+        self._fh.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------- decoding (DataLoader workers)
+
+
+@dataclass
+class Decoded:
+    index: int
+    pixels: torch.Tensor | None = None  # HxWx3 uint8, full resolution
+    small: torch.Tensor | None = None  # the detection copy
+    scale: tuple[float, float] = (1.0, 1.0)
+    note: str = ""
+    error: str | None = None
+
+
+class _DecodeDataset(Dataset):
+    def __init__(self, items: list[Item], cfg: Config, detect: bool):
+        self.items = items
+        self.max_pixels = cfg.data.max_pixels
+        self.allow_truncated = cfg.data.allow_truncated
+        self.detect_max_side = cfg.align.detect_max_side
+        self.detect = detect
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Decoded:
+        item = self.items[index]
+        try:
+            loaded = read_image(item.src, self.max_pixels, self.allow_truncated)
+        except ImageReadError as exc:
+            return Decoded(index, error=exc.reason)
+        except OSError as exc:  # vanished or unreadable file
+            return Decoded(index, error=f"cannot read: {exc}")
+        pixels = loaded.pixels if loaded.pixels.flags.writeable else loaded.pixels.copy()
+        result = Decoded(index, torch.from_numpy(pixels), note=loaded.note)
+        if self.detect:
+            small, scale = detection_copy(pixels, self.detect_max_side)
+            result.small = result.pixels if small is pixels else torch.from_numpy(small)
+            result.scale = scale
+        return result
+
+
+def _worker_init(_: int) -> None:
+    cv2.setNumThreads(1)
+
+
+def _as_list(batch: list[Decoded]) -> list[Decoded]:
+    return batch
+
+
+# ---------------------------------------------------------------- one image -> entry
+
+
+def _fmt(values: np.ndarray | tuple | None, digits: int) -> str:
+    if values is None:
+        return ""
+    return " ".join(f"{v:.{digits}f}" if digits else str(int(round(float(v)))) for v in np.ravel(values))
+
+
+def _finish(item: Item, dec: Decoded, faces: list[Face] | None, cfg: Config, out: Path,
+            digest: str) -> dict[str, Any]:
+    """Crop, write the JPEG (atomically) and return the journal entry."""
+    entry: dict[str, Any] = {
+        "split": item.split, "Id": item.id, "status": "unreadable", "prob": None, "box": "",
+        "n_faces": None, "src_width": None, "src_height": None, "path": "", "note": dec.note,
+        "landmarks": "", "face_box": "", "hash": digest, "src_fp": item.fingerprint, "out_fp": "",
+    }
+    if dec.error is not None or dec.pixels is None:
+        entry["note"] = dec.error or "not decoded"
+    else:
+        pixels = dec.pixels.numpy()
+        height, width = pixels.shape[:2]
+        entry.update(src_width=width, src_height=height)
+        notes = [dec.note] if dec.note else []
+        if faces is None:  # alignment disabled
+            crop = letterbox(pixels, cfg.align.size)
+            entry.update(status="whole", box=_fmt((0, 0, width, height), 0))
+        else:
+            choice = choose(faces, width, height, cfg.align)
+            crop = crop_square(pixels, choice.box, cfg.align.size)
+            entry.update(status=choice.status, box=_fmt(choice.box, 0), n_faces=choice.n_faces)
+            if choice.best_prob is not None:
+                entry["prob"] = round(choice.best_prob, 5)
+            if choice.face is not None:
+                entry["prob"] = round(choice.face.prob, 5)
+                entry["face_box"] = _fmt(choice.face.box, 1)
+                entry["landmarks"] = _fmt(choice.face.landmarks, 1)
+            elif choice.best_prob is None:
+                notes.append("no face detected")
+            else:
+                notes.append(f"best face prob {choice.best_prob:.3f} < min_prob {cfg.align.min_prob}")
+        target = out / item.rel_out
+        save_jpeg(target, crop, cfg.align.jpeg_quality)
+        entry.update(path=item.rel_out, note="; ".join(notes), out_fp=_output_stat(target))
+    entry["t"] = time.time()
+    return entry
+
+
+# ---------------------------------------------------------------- the stage
+
+
+@dataclass
+class AlignSummary:
+    processed: int = 0  # images done by this call
+    reused: int = 0  # images of this shard already done with the same settings
+    seconds: float = 0.0
+    counts: dict[str, Counter] = field(default_factory=dict)  # split -> status -> n (all shards)
+    manifest: Path | None = None
+    pending: int = 0  # Ids of the requested splits not done yet (other shards)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.processed / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        parts = [f"align: {self.processed} image(s) in {self.seconds:.1f}s ({self.images_per_s:.1f} img/s), "
+                 f"{self.reused} already done"]
+        for split, counter in self.counts.items():
+            parts.append(f"{split}: " + " ".join(f"{k}={v}" for k, v in sorted(counter.items())))
+        done = f"manifest {self.manifest}" if self.manifest else f"manifest pending: {self.pending} left"
+        parts.append(done)
+        return " | ".join(parts)
+
+
+def _remove_old_temps(folder: Path, min_age_s: float) -> int:
+    """images.remove_stale_temps, sparing temp files young enough to belong to a running shard."""
+    count, now = 0, time.time()
+    for tmp in folder.glob(".*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            if now - tmp.stat().st_mtime >= min_age_s:
+                tmp.unlink()
+                count += 1
+    return count
+
+
+def _in_use(journal: Path) -> bool:
+    """Whether another process holds this journal's lock (a shard is running)."""
+    try:
+        with open(journal, "rb") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _selected(splits: str | tuple[str, ...]) -> tuple[str, ...]:
+    chosen = SPLITS if splits in ("all", None) else ((splits,) if isinstance(splits, str) else tuple(splits))
+    unknown = [s for s in chosen if s not in SPLITS]
+    if unknown:
+        raise ConfigError(f"--split {unknown[0]!r}: expected train, test or all")
+    return chosen
+
+
+def run_align(cfg: Config, splits: str | tuple[str, ...] = "all", shard: Shard | None = None,
+              force: bool = False, merge_only: bool = False) -> AlignSummary:
+    """Align the images of ``splits`` that belong to ``shard``; rebuild faces.csv when complete."""
+    chosen = _selected(splits)
+    shard = shard or Shard()
+    out = Path(cfg.align.out)
+    digest = settings_hash(cfg)
+    all_items = plan_items(cfg)  # validation before any work
+    wanted = [it for it in all_items if it.split in chosen]
+    summary = AlignSummary()
+
+    if not merge_only:
+        mine = wanted[shard.index::shard.count]
+        journal_path = _journal_dir(out) / f"{'-'.join(chosen)}-{shard.index}-of-{shard.count}.jsonl"
+        with Journal(journal_path, truncate=force) as journal:
+            # Leftovers of a killed run; while another shard runs, only old ones (its are fresh).
+            others = any(_in_use(p) for p in _journal_dir(out).glob("*.jsonl") if p != journal_path)
+            for folder in (out, out / "train", out / "test"):
+                folder.mkdir(parents=True, exist_ok=True)
+                _remove_old_temps(folder, min_age_s=120.0 if others else 0.0)
+            header = f"# align settings hash: {digest}\n"
+            atomic_write_text(out / "align_config.yaml", header + to_yaml(cfg))
+            done = {} if force else valid_entries(out, mine, digest)
+            todo = [it for it in mine if it.key not in done]
+            summary.reused = len(mine) - len(todo)
+            if todo:
+                (out / MANIFEST_NAME).unlink(missing_ok=True)  # rebuilt once every Id is done
+                log.info("align shard %s: %d to do, %d already done (settings %s) -> %s",
+                         shard, len(todo), summary.reused, digest, out)
+                start = time.perf_counter()
+                _process(todo, cfg, out, digest, journal)
+                summary.seconds = time.perf_counter() - start
+                summary.processed = len(todo)
+
+    entries = valid_entries(out, all_items, digest)
+    complete = [s for s in SPLITS if all(it.key in entries for it in all_items if it.split == s)]
+    summary.pending = sum(1 for it in wanted if it.key not in entries)
+    for split in chosen:
+        summary.counts[split] = Counter(entries[it.key]["status"] for it in wanted
+                                        if it.split == split and it.key in entries)
+    if summary.pending:
+        if merge_only:
+            raise PipelineError(f"{summary.pending} of {len(wanted)} image(s) of {', '.join(chosen)} are not "
+                                f"aligned with these settings yet: run align_faces.py without --merge-only")
+        log.info("faces.csv not written yet: %d image(s) left to other shards", summary.pending)
+        print(summary.line(), flush=True)
+        return summary
+
+    rows = [it for it in all_items if it.split in complete]
+    manifest = build_manifest(rows, entries, out)
+    summary.manifest = out / MANIFEST_NAME
+    save_csv(summary.manifest, manifest)
+    missing = [s for s in SPLITS if s not in complete]
+    if missing:
+        log.warning("faces.csv has no rows for split(s) %s yet (run with --split all)", ", ".join(missing))
+    print(summary.line(), flush=True)
+    _check_unreadable(manifest, cfg)
+    return summary
+
+
+def build_manifest(items: list[Item], entries: dict[tuple[str, str], dict[str, Any]], out: Path
+                   ) -> pd.DataFrame:
+    """faces.csv rows, one per item, in (split, Id) order; ``path`` as <align.out>/<split>/<Id>.jpg."""
+    rows = []
+    for it in items:
+        e = entries[it.key]
+        rows.append({
+            "Id": it.id, "split": it.split, "status": e["status"], "prob": e["prob"], "box": e["box"],
+            "n_faces": e["n_faces"], "src_width": e["src_width"], "src_height": e["src_height"],
+            "path": str(out / e["path"]) if e["path"] else "", "note": e["note"],
+            "landmarks": e["landmarks"], "face_box": e["face_box"], "settings_hash": e["hash"],
+        })
+    frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    for col in ("n_faces", "src_width", "src_height"):
+        frame[col] = frame[col].astype("Int64")
+    return frame
+
+
+def _check_unreadable(manifest: pd.DataFrame, cfg: Config) -> None:
+    bad = manifest[manifest["status"] == "unreadable"]
+    if len(manifest) == 0 or len(bad) == 0:
+        return
+    share = len(bad) / len(manifest)
+    log.warning("%d unreadable input image(s) (%.2f%%), recorded in faces.csv", len(bad), 100 * share)
+    if share > cfg.align.max_unreadable_share:
+        problems = [
+            f"{len(bad)} of {len(manifest)} input images ({share:.1%}) are unreadable, more than "
+            f"align.max_unreadable_share={cfg.align.max_unreadable_share:.1%} (faces.csv lists them all)"
+        ]
+        problems += [f"{r.split}/{r.Id}: {r.note}" for r in bad.head(10).itertuples()]
+        raise DataValidationError(problems)
+
+
+def detect_stream(items: list[Item], cfg: Config, detector: FaceDetector | None
+                  ) -> Iterator[tuple[int, Decoded, list[Face] | None]]:
+    """(index into ``items``, decoded image, faces in source pixels or None when not detecting).
+
+    Decoding and the detection copies happen in ``align.workers`` DataLoader workers; detection
+    runs here on batches of ``align.batch_size``.
+    """
+    acfg = cfg.align
+    loader = DataLoader(
+        _DecodeDataset(items, cfg, detect=detector is not None), batch_size=max(1, acfg.batch_size),
+        shuffle=False, num_workers=acfg.workers, collate_fn=_as_list, worker_init_fn=_worker_init,
+        prefetch_factor=4 if acfg.workers > 0 else None,
+    )
+    for batch in loader:
+        ok = [d for d in batch if d.error is None and d.small is not None]
+        found: dict[int, list[Face]] = {}
+        if detector is not None and ok:
+            faces = detector.detect([d.small.numpy() for d in ok], [d.scale for d in ok])
+            found = {d.index: f for d, f in zip(ok, faces)}
+        for dec in batch:
+            yield dec.index, dec, (found.get(dec.index, []) if detector is not None else None)
+
+
+def make_detector(cfg: Config) -> FaceDetector | None:
+    """The MTCNN detector for ``cfg.align`` (None when alignment is disabled)."""
+    if not cfg.align.enabled:
+        return None
+    device = resolve_device(cfg.align.device)
+    log.info("detector: MTCNN on %s, detection copies <= %d px, min face %.0f%% of the short side",
+             device, cfg.align.detect_max_side, 100 * cfg.align.min_face_frac)
+    return FaceDetector(cfg.align.min_face_frac, device, retry_below=cfg.align.min_prob)
+
+
+def _process(todo: list[Item], cfg: Config, out: Path, digest: str, journal: Journal) -> None:
+    """Decode in workers, detect in batches here, crop+write in threads, journal each result."""
+    from tqdm import tqdm
+
+    pending: set[Future] = set()
+    limit = 4 * max(1, cfg.align.batch_size)
+
+    def drain(block: bool) -> None:
+        nonlocal pending
+        if not pending:
+            return
+        finished, pending = wait(pending, timeout=None if block else 0,
+                                 return_when=FIRST_COMPLETED if block else "ALL_COMPLETED")
+        for fut in finished:
+            journal.append(fut.result())  # only after the JPEG is in place
+
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="align-write") as writers, \
+            tqdm(total=len(todo), unit="img", desc="align", disable=not cfg.run.progress) as bar:
+        for index, dec, faces in detect_stream(todo, cfg, make_detector(cfg)):
+            pending.add(writers.submit(_finish, todo[index], dec, faces, cfg, out, digest))
+            bar.update(1)
+            drain(block=False)
+            while len(pending) > limit:
+                drain(block=True)
+        while pending:
+            drain(block=True)
