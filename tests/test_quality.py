@@ -1,0 +1,108 @@
+"""Smoke test of benchmarks/quality.py on tiny synthetic datasets, and its results-table writer."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from deepfake_pipeline.demo_data import generate
+
+from .conftest import REPO
+from .helpers import run_cli, tiny_config
+
+
+def load_quality() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("quality_harness", REPO / "benchmarks" / "quality.py")
+    assert spec is not None and spec.loader is not None
+    module = sys.modules.get(spec.name)
+    if module is None:
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+        spec.loader.exec_module(module)
+    return module
+
+
+def table_rows(text: str, heading: str) -> list[str]:
+    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
+    return [line for line in section.splitlines() if line.startswith("|")]
+
+
+def test_quality_smoke_with_cross(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main, other = tmp_path / "main", tmp_path / "other"
+    generate(main, n=24, test_share=0.25, size=64, seed=5)
+    generate(other, n=12, test_share=0.5, size=64, seed=6)
+    config = tiny_config(tmp_path, main, "ssl: {epochs: 1, save_every: 0}\nfinetune: {epochs: 1}", name="q")
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\n## Other section\n\nkept as it is\n")
+    proc = run_cli([
+        "benchmarks/quality.py", str(main), "--cross", str(other), "--config", str(config), "--tag", "smoke",
+        "--scratch", str(tmp_path / "scratch"), "--results", str(results), "--set", "finetune.aug.sbi=0.5",
+    ], timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    text = results.read_text()
+    assert text.startswith("# Benchmark results\n\n## Other section\n\nkept as it is\n")
+    assert text.count("## Detection quality") == 1
+    header, sep, row = table_rows(text, "## Detection quality")
+    quality = load_quality()
+    assert header == "| " + " | ".join(quality.COLUMNS) + " |"
+    cells = dict(zip(quality.COLUMNS, (c.strip() for c in row.strip("|").split(" | "))))
+    assert cells["dataset"] == "main" and cells["cross"] == "other" and cells["tag"] == "smoke"
+    assert "finetune.aug.sbi=0.5" in cells["config + overrides"] and "CPU" in cells["device"]
+    assert cells["backbone"] == "convnextv2_atto" and cells["px"] == "64" and cells["folds"] == "2"
+    for key in ("test AUC", "test F1", "test acc", "cross AUC", "cross F1", "cross acc"):
+        assert 0.0 <= float(cells[key]) <= 1.0, (key, cells[key])
+    assert cells["command"].startswith("`python benchmarks/quality.py")
+
+    run = tmp_path / "scratch" / "runs" / "smoke"
+    record = json.loads((run / "quality.json").read_text())
+    assert record["test"]["n"] == 6 and record["cross"]["n"] == 6
+    assert (run / "cross-other" / "submission.csv").is_file()
+    assert "Self-Blended Images" in (run / "logs" / "finetune.log").read_text()
+    faces = list((tmp_path / "scratch" / "faces").iterdir())
+    assert sorted(p.name.split("-")[0] for p in faces) == ["main", "other"]
+
+    # The same tag again is refused rather than silently mixed with the old run.
+    argv = [str(main), "--config", str(config), "--tag", "smoke", "--scratch", str(tmp_path / "scratch")]
+    assert quality.main([*argv, "--results", str(results)]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_append_row_goes_under_its_heading(tmp_path: Path) -> None:
+    quality = load_quality()
+    results = tmp_path / "RESULTS.md"
+    quality.append_row(results, {"dataset": "a", "tag": "first"})
+    with results.open("a") as fh:
+        fh.write("\n## Later section\n\n| x |\n|---|\n| y |\n")
+    quality.append_row(results, {"dataset": "b", "tag": "second|pipe"})
+    text = results.read_text()
+    assert text.count("## Detection quality") == 1 and text.count("| date |") == 1
+    rows = table_rows(text, "## Detection quality")
+    assert len(rows) == 4 and "first" in rows[2] and "second\\|pipe" in rows[3]
+    assert text.rstrip().endswith("| y |")
+    # A heading glued to the table (written by hand) gets a blank line before it.
+    results.write_text(text.replace("\n\n## Later section", "\n## Later section"))
+    quality.append_row(results, {"dataset": "c", "tag": "third"})
+    assert "| third |" in results.read_text().split("\n\n## Later section")[0]
+
+
+def test_unknown_dataset_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert load_quality().main(["no_such_set", "--datasets", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no_such_set" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("text", ["", "# Title\n", "# Title\n\nsome text"])
+def test_first_row_creates_heading_and_header(tmp_path: Path, text: str) -> None:
+    quality = load_quality()
+    results = tmp_path / "R.md"
+    results.write_text(text)
+    quality.append_row(results, {"dataset": "a"})
+    out = results.read_text()
+    assert out.startswith(text) and "\n\n## Detection quality\n\n" in "\n\n" + out
+    assert len(table_rows(out, "## Detection quality")) == 3
