@@ -179,8 +179,9 @@ class FaceDetector:
 
     Second chance: images whose best face is below ``retry_below`` (pass ``align.min_prob``; None
     turns it off) are detected once more on a copy framed by a black border of ``retry_pad`` x
-    its longest side. MTCNN's pyramid never looks at a window larger than the image, so close-ups
-    whose face fills or leaves the frame are often missed; the border gives them context. The
+    its longest side, with half the minimum face size. MTCNN's pyramid never looks at a window
+    larger than the image, so close-ups whose face fills or leaves the frame are often missed; the
+    border gives them context, and the smaller minimum catches faces below ``min_face_frac``. The
     better of the two answers is kept, so this only adds detections, at the cost of the misses.
     """
 
@@ -222,9 +223,9 @@ class FaceDetector:
         pads = [int(round(self.retry_pad * max(copies[i].shape[:2]))) for i in redo]
         framed = [cv2.copyMakeBorder(copies[i], q, q, q, q, cv2.BORDER_CONSTANT, value=(0, 0, 0))
                   for i, q in zip(redo, pads)]
-        # The faces sought are as large as before: min face from the unframed short side.
+        # Min face from the unframed short side, halved: the second look also finds smaller faces.
         short = min(min(copies[i].shape[:2]) for i in redo)
-        again = self._detect_safe(framed, min_face_size(short, self.min_face_frac))
+        again = self._detect_safe(framed, min_face_size(short, self.min_face_frac / 2))
         for i, q, (boxes, points) in zip(redo, pads, again):
             if _best((boxes, points)) > _best(raw[i]):
                 boxes = boxes.copy()
