@@ -141,20 +141,12 @@ def min_face_size(short_side: int, frac: float) -> int:
 
 
 def resolve_device(name: str) -> torch.device:
-    """auto: cuda:<LOCAL_RANK> when CUDA is available, else cpu."""
+    """auto: cuda:<LOCAL_RANK> when CUDA is available, else cpu (ConfigError for missing CUDA)."""
     import os
 
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from .errors import ConfigError
+    from .runtime import pick_device
 
-        raise ConfigError(f"align.device: {name!r} asked for, but CUDA is not available")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device(f"cuda:{local_rank}")
-    return device
+    return pick_device(name, int(os.environ.get("LOCAL_RANK", "0")))
 
 
 Raw = tuple[np.ndarray, np.ndarray]  # (N x 5 boxes + prob, N x 5 x 2 landmarks) in copy pixels
