@@ -7,11 +7,13 @@ same for both). Detection rate = share of images with a face of prob >= align.mi
             images (grouped by size), decoded one by one in the main process
   ours      deepfake_pipeline.align.detect_stream: decoding + downscaling in align.workers
             DataLoader workers, detection copies <= align.detect_max_side, padded batches of
-            align.batch_size, min_face_size = align.min_face_frac x short side, channels_last
+            align.batch_size, min_face_size = align.min_face_frac x short side, channels_last,
+            a second and a closer look (align.retry_max_side) at misses; on the CPU each
+            worker detects its own batches
 
 Run:  python benchmarks/align_speed.py /work/shared/datasets/rfff [--limit N] [--set align.X=Y]
 On a shared machine, use --repeats 2: rounds run A B B A and the totals are compared; images per
-CPU-second (this process + its finished DataLoader workers) is printed too, as it moves less
+CPU-second (this process, its forkserver and DataLoader workers) is printed too, as it moves less
 than wall time when other processes compete for the cores.
 """
 
@@ -32,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import describe_device, meta, write_json  # noqa: E402
 
-from deepfake_pipeline.align import Item, detect_stream, make_detector  # noqa: E402
+from deepfake_pipeline.align import Item, detect_stream  # noqa: E402
 from deepfake_pipeline.config import Config, load_config  # noqa: E402
 from deepfake_pipeline.faces import choose, resolve_device  # noqa: E402
 from deepfake_pipeline.images import IMAGE_EXTENSIONS  # noqa: E402
@@ -47,9 +49,22 @@ def list_images(folders: list[str], limit: int | None) -> list[Path]:
 
 
 def cpu_seconds() -> float:
-    """CPU time of this process and of its finished children (the DataLoader workers)."""
+    """CPU time of this process, its finished children, and its live children with theirs.
+
+    The alignment workers are forked by a forkserver (a live child of this process) that reaps
+    them, so their time is in the forkserver's cutime/cstime (/proc/<pid>/stat), not in ours.
+    """
     t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
+    total = t.user + t.system + t.children_user + t.children_system
+    tick = os.sysconf("SC_CLK_TCK")
+    for children in Path("/proc/self/task").glob("*/children"):
+        for pid in children.read_text().split():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # exited meanwhile (then reaped: counted in children_* above)
+                continue
+            total += sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
+    return total
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -89,9 +104,8 @@ def run_baseline(paths: list[Path], cfg: Config, batch: int = 32) -> tuple[float
 def run_ours(paths: list[Path], cfg: Config) -> tuple[float, list[np.ndarray | None]]:
     items = [Item("bench", p.stem, p, "") for p in paths]
     start = time.perf_counter()
-    detector = make_detector(cfg)
     best: list[np.ndarray | None] = [None] * len(paths)
-    for index, dec, faces in detect_stream(items, cfg, detector):
+    for index, dec, faces in detect_stream(items, cfg):
         if dec.pixels is None or faces is None:
             continue
         height, width = dec.pixels.shape[:2]

@@ -23,6 +23,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import multiprocessing
 import os
 import time
 from collections import Counter
@@ -38,10 +39,19 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .config import Config, stage_hash, to_dict, to_yaml
+from .config import AlignConfig, Config, stage_hash, to_dict, to_yaml
 from .dataset import load_layout
 from .errors import ConfigError, DataValidationError, ImageReadError, PipelineError
-from .faces import Face, FaceDetector, choose, crop_square, detection_copy, letterbox, resolve_device
+from .faces import (
+    Face,
+    FaceDetector,
+    choose,
+    crop_square,
+    detection_copy,
+    letterbox,
+    look_closer,
+    resolve_device,
+)
 from .images import atomic_write_text, read_image, save_csv, save_jpeg
 
 log = logging.getLogger(__name__)
@@ -239,42 +249,88 @@ class Journal:
 class Decoded:
     index: int
     pixels: torch.Tensor | None = None  # HxWx3 uint8, full resolution
-    small: torch.Tensor | None = None  # the detection copy
+    small: torch.Tensor | None = None  # the detection copy (when the main process detects)
     scale: tuple[float, float] = (1.0, 1.0)
+    faces: list[Face] | None = None  # in source pixels, once detected
     note: str = ""
     error: str | None = None
 
 
-class _DecodeDataset(Dataset):
-    def __init__(self, items: list[Item], cfg: Config, detect: bool):
+class _BatchDataset(Dataset):
+    """Item b = batch b of ``items``, decoded; with ``detect_here`` also detected (CPU workers).
+
+    On the CPU, detection in each worker (one torch thread each) scales with the cores far
+    better than one process's intra-op threads on MTCNN's many small operations.
+    """
+
+    def __init__(self, items: list[Item], cfg: Config, copies: bool, detect_here: bool):
         self.items = items
-        self.max_pixels = cfg.data.max_pixels
-        self.allow_truncated = cfg.data.allow_truncated
-        self.detect_max_side = cfg.align.detect_max_side
-        self.detect = detect
+        self.cfg = cfg
+        self.batch_size = max(1, cfg.align.batch_size)
+        self.copies = copies or detect_here
+        self.detect_here = detect_here
+        self._detector: FaceDetector | None = None  # built lazily, once per worker
 
     def __len__(self) -> int:
-        return len(self.items)
+        return (len(self.items) + self.batch_size - 1) // self.batch_size
 
-    def __getitem__(self, index: int) -> Decoded:
-        item = self.items[index]
+    def __getitem__(self, b: int) -> list[Decoded]:
+        stop = min(len(self.items), (b + 1) * self.batch_size)
+        batch = [self._decode(i) for i in range(b * self.batch_size, stop)]
+        if self.detect_here:
+            if self._detector is None:
+                self._detector = FaceDetector(self.cfg.align.min_face_frac, "cpu",
+                                              retry_below=self.cfg.align.min_prob)
+            detect_batch(self._detector, batch, self.cfg.align)
+        return batch
+
+    def _decode(self, index: int) -> Decoded:
+        data = self.cfg.data
         try:
-            loaded = read_image(item.src, self.max_pixels, self.allow_truncated)
+            loaded = read_image(self.items[index].src, data.max_pixels, data.allow_truncated)
         except ImageReadError as exc:
             return Decoded(index, error=exc.reason)
         except OSError as exc:  # vanished or unreadable file
             return Decoded(index, error=f"cannot read: {exc}")
         pixels = loaded.pixels if loaded.pixels.flags.writeable else loaded.pixels.copy()
         result = Decoded(index, torch.from_numpy(pixels), note=loaded.note)
-        if self.detect:
-            small, scale = detection_copy(pixels, self.detect_max_side)
+        if self.copies:
+            small, scale = detection_copy(pixels, self.cfg.align.detect_max_side)
             result.small = result.pixels if small is pixels else torch.from_numpy(small)
             result.scale = scale
         return result
 
 
+def detect_batch(detector: FaceDetector, batch: list[Decoded], cfg: AlignConfig) -> None:
+    """Fill ``faces`` of the decoded images of ``batch`` (one padded MTCNN batch, then a closer
+    look at the misses); drop the detection copies."""
+    ok = [d for d in batch if d.error is None and d.small is not None and d.pixels is not None]
+    if ok:
+        found = detector.detect([d.small.numpy() for d in ok], [d.scale for d in ok])
+        look_closer(detector, [d.pixels.numpy() for d in ok], found, cfg)
+        for d, faces in zip(ok, found):
+            d.faces = faces
+    for d in batch:
+        d.small = None  # not needed any more (and not sent back from a worker)
+        if d.faces is None:
+            d.faces = []
+
+
 def _worker_init(_: int) -> None:
     cv2.setNumThreads(1)
+
+
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """Workers forked from a fresh forkserver, not from this process.
+
+    A plain fork copies this process's OpenCV/OpenMP thread pools without their threads: once
+    this process has used them (an earlier run_align in the same process, the crop writers), a
+    forked worker hangs in its first OpenCV call. The forkserver imports this module once and
+    then forks clean workers quickly.
+    """
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
 
 
 def _as_list(batch: list[Decoded]) -> list[Decoded]:
@@ -479,41 +535,38 @@ def _check_unreadable(manifest: pd.DataFrame, cfg: Config) -> None:
         raise DataValidationError(problems)
 
 
-def detect_stream(items: list[Item], cfg: Config, detector: FaceDetector | None
-                  ) -> Iterator[tuple[int, Decoded, list[Face] | None]]:
+def detect_stream(items: list[Item], cfg: Config) -> Iterator[tuple[int, Decoded, list[Face] | None]]:
     """(index into ``items``, decoded image, faces in source pixels or None when not detecting).
 
-    Decoding and the detection copies happen in ``align.workers`` DataLoader workers; detection
-    runs here on batches of ``align.batch_size``.
+    Decoding and the detection copies happen in ``align.workers`` DataLoader workers, a batch of
+    ``align.batch_size`` at a time. On CUDA (or without workers) detection runs here, batched; on
+    the CPU with workers, each worker detects its own batches.
     """
     acfg = cfg.align
+    device = resolve_device(acfg.device) if acfg.enabled else None
+    in_workers = device is not None and device.type == "cpu" and acfg.workers > 0
+    detector = None
+    if device is not None:
+        log.info("detector: MTCNN on %s%s, detection copies <= %d px, min face %.0f%% of the short side",
+                 device, f" in {acfg.workers} workers" if in_workers else "", acfg.detect_max_side,
+                 100 * acfg.min_face_frac)
+        if not in_workers:
+            detector = FaceDetector(acfg.min_face_frac, device, retry_below=acfg.min_prob)
+    dataset = _BatchDataset(items, cfg, copies=detector is not None, detect_here=in_workers)
     loader = DataLoader(
-        _DecodeDataset(items, cfg, detect=detector is not None), batch_size=max(1, acfg.batch_size),
-        shuffle=False, num_workers=acfg.workers, collate_fn=_as_list, worker_init_fn=_worker_init,
-        prefetch_factor=4 if acfg.workers > 0 else None,
+        dataset, batch_size=None, shuffle=False, num_workers=acfg.workers, collate_fn=_as_list,
+        worker_init_fn=_worker_init, prefetch_factor=2 if acfg.workers > 0 else None,
+        multiprocessing_context=_worker_context() if acfg.workers > 0 else None,
     )
     for batch in loader:
-        ok = [d for d in batch if d.error is None and d.small is not None]
-        found: dict[int, list[Face]] = {}
-        if detector is not None and ok:
-            faces = detector.detect([d.small.numpy() for d in ok], [d.scale for d in ok])
-            found = {d.index: f for d, f in zip(ok, faces)}
+        if detector is not None:
+            detect_batch(detector, batch, acfg)
         for dec in batch:
-            yield dec.index, dec, (found.get(dec.index, []) if detector is not None else None)
-
-
-def make_detector(cfg: Config) -> FaceDetector | None:
-    """The MTCNN detector for ``cfg.align`` (None when alignment is disabled)."""
-    if not cfg.align.enabled:
-        return None
-    device = resolve_device(cfg.align.device)
-    log.info("detector: MTCNN on %s, detection copies <= %d px, min face %.0f%% of the short side",
-             device, cfg.align.detect_max_side, 100 * cfg.align.min_face_frac)
-    return FaceDetector(cfg.align.min_face_frac, device, retry_below=cfg.align.min_prob)
+            yield dec.index, dec, ((dec.faces or []) if acfg.enabled else None)
 
 
 def _process(todo: list[Item], cfg: Config, out: Path, digest: str, journal: Journal) -> None:
-    """Decode in workers, detect in batches here, crop+write in threads, journal each result."""
+    """Decode (and detect) via detect_stream, crop+write in threads, journal each result."""
     from tqdm import tqdm
 
     pending: set[Future] = set()
@@ -530,7 +583,7 @@ def _process(todo: list[Item], cfg: Config, out: Path, digest: str, journal: Jou
 
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="align-write") as writers, \
             tqdm(total=len(todo), unit="img", desc="align", disable=not cfg.run.progress) as bar:
-        for index, dec, faces in detect_stream(todo, cfg, make_detector(cfg)):
+        for index, dec, faces in detect_stream(todo, cfg):
             pending.add(writers.submit(_finish, todo[index], dec, faces, cfg, out, digest))
             bar.update(1)
             drain(block=False)

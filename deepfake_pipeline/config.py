@@ -40,8 +40,13 @@ class AlignConfig:
     margin: float = 0.2  # expand the box by this share of its width/height on each side
     select: str = "prob"  # prob (most confident face) | largest
     min_prob: float = 0.9
-    detect_max_side: int = 320  # detect on a copy downscaled to this longest side
-    min_face_frac: float = 0.08  # smallest face searched, as a share of the detection image side
+    # Fast first look: a copy downscaled to detect_max_side, faces >= min_face_frac of its short
+    # side (portrait-style datasets). Images left without a face >= min_prob get a closer look on
+    # a copy up to retry_max_side with faces down to retry_min_face_frac (0 turns it off).
+    detect_max_side: int = 160
+    min_face_frac: float = 0.25
+    retry_max_side: int = 640
+    retry_min_face_frac: float = 0.03
     jpeg_quality: int = 95
     out: str = "data/faces_${align.size}"
     max_unreadable_share: float = 0.01  # exit non-zero above this share of unreadable inputs

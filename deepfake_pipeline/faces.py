@@ -192,14 +192,21 @@ class FaceDetector:
         # channels_last: max-pooling (most of R-net/O-net time on CPU) runs ~10x faster; same maths.
         self.mtcnn.to(memory_format=torch.channels_last)
 
-    def detect(self, copies: list[np.ndarray], scales: list[Scale] | None = None) -> list[list[Face]]:
-        """Faces of each image (HxWx3 uint8 RGB detection copies), in source pixels."""
+    def detect(self, copies: list[np.ndarray], scales: list[Scale] | None = None,
+               min_face_frac: float | None = None) -> list[list[Face]]:
+        """Faces of each image (HxWx3 uint8 RGB detection copies), in source pixels.
+
+        ``min_face_frac`` overrides the detector's own for this call.
+        """
         if not copies:
             return []
+        frac = self.min_face_frac if min_face_frac is None else min_face_frac
         scales = scales if scales is not None else [(1.0, 1.0)] * len(copies)
-        raw = self._detect_safe(copies)
+        # The smallest image that any pyramid level fits decides the batch's minimum face size.
+        short = min((m for m in (min(c.shape[:2]) for c in copies) if m >= MIN_FACE_PX), default=MIN_FACE_PX)
+        raw = self._detect_safe(copies, min_face_size(short, frac))
         if self.retry_below is not None:
-            self._second_chance(copies, raw)
+            self._second_chance(copies, raw, frac)
         out = []
         for (boxes, points), (sx, sy) in zip(raw, scales):
             box_div = np.array([sx, sy, sx, sy], np.float32)
@@ -207,7 +214,7 @@ class FaceDetector:
             out.append([Face(r[:4] / box_div, float(r[4]), pts / pt_div) for r, pts in zip(boxes, points)])
         return out
 
-    def _second_chance(self, copies: list[np.ndarray], raw: list[Raw]) -> None:
+    def _second_chance(self, copies: list[np.ndarray], raw: list[Raw], frac: float) -> None:
         assert self.retry_below is not None
         redo = [i for i, r in enumerate(raw) if _best(r) < self.retry_below]
         if not redo:
@@ -217,14 +224,14 @@ class FaceDetector:
                   for i, q in zip(redo, pads)]
         # Min face from the unframed short side, halved: the second look also finds smaller faces.
         short = min(min(copies[i].shape[:2]) for i in redo)
-        again = self._detect_safe(framed, min_face_size(short, self.min_face_frac / 2))
+        again = self._detect_safe(framed, min_face_size(short, frac / 2))
         for i, q, (boxes, points) in zip(redo, pads, again):
             if _best((boxes, points)) > _best(raw[i]):
                 boxes = boxes.copy()
                 boxes[:, :4] -= q
                 raw[i] = (boxes, points - q)
 
-    def _detect_safe(self, copies: list[np.ndarray], min_face: int | None = None) -> list[Raw]:
+    def _detect_safe(self, copies: list[np.ndarray], min_face: int) -> list[Raw]:
         try:
             return self._detect_batch(copies, min_face)
         except (RuntimeError, IndexError, ValueError) as exc:
@@ -240,15 +247,14 @@ class FaceDetector:
                 raw.append(_no_faces())
         return raw
 
-    def _detect_batch(self, copies: list[np.ndarray], min_face: int | None = None) -> list[Raw]:
+    def _detect_batch(self, copies: list[np.ndarray], min_face: int) -> list[Raw]:
         from facenet_pytorch.models.utils.detect_face import detect_face
 
         # Images too small for any pyramid level (MTCNN would fail on an empty list) get no faces.
         result = [_no_faces() for _ in copies]
-        fit = [i for i, c in enumerate(copies) if min(c.shape[:2]) >= max(MIN_FACE_PX, min_face or 0)]
+        fit = [i for i, c in enumerate(copies) if min(c.shape[:2]) >= max(MIN_FACE_PX, min_face)]
         if not fit:
             return result
-        short = min(min(copies[i].shape[:2]) for i in fit)
         height = max(copies[i].shape[0] for i in fit)
         width = max(copies[i].shape[1] for i in fit)
         batch = np.zeros((len(fit), height, width, 3), dtype=np.uint8)
@@ -258,10 +264,36 @@ class FaceDetector:
         m = self.mtcnn
         with torch.inference_mode():
             boxes, points = detect_face(
-                torch.from_numpy(batch), min_face or min_face_size(short, self.min_face_frac),
+                torch.from_numpy(batch), min_face,
                 m.pnet, m.rnet, m.onet, self.thresholds, self.factor, self.device,
             )
         for k, i in enumerate(fit):
             result[i] = (np.asarray(boxes[k], dtype=np.float32).reshape(-1, 5),
                          np.asarray(points[k], dtype=np.float32).reshape(-1, 5, 2))
         return result
+
+
+def best_prob(faces: list[Face] | None) -> float:
+    return max((f.prob for f in faces), default=-1.0) if faces else -1.0
+
+
+def look_closer(detector: FaceDetector, images: list[np.ndarray], found: list[list[Face]],
+                cfg: AlignConfig) -> int:
+    """Detect again, in place, the images of ``found`` without a face >= ``cfg.min_prob``.
+
+    The closer look runs on copies up to ``cfg.retry_max_side`` (full-resolution ``images``)
+    with faces down to ``cfg.retry_min_face_frac`` of the short side: small faces in large frames
+    that the fast first look cannot see. Only misses pay for it; a better answer replaces the
+    first one. Returns how many images were looked at again.
+    """
+    if cfg.retry_max_side <= 0:
+        return 0
+    redo = [i for i, faces in enumerate(found) if best_prob(faces) < cfg.min_prob]
+    if not redo:
+        return 0
+    copies = [detection_copy(images[i], cfg.retry_max_side) for i in redo]
+    again = detector.detect([c for c, _ in copies], [s for _, s in copies], cfg.retry_min_face_frac)
+    for i, faces in zip(redo, again):
+        if best_prob(faces) > best_prob(found[i]):
+            found[i] = faces
+    return len(redo)

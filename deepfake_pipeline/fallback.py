@@ -33,7 +33,7 @@ from .config import Config
 from .dataset import decode_face, list_images, load_layout, read_labels
 from .engine import to_device_float
 from .errors import CheckpointError, DataValidationError, PipelineError
-from .faces import FaceDetector, centre_box, choose, crop_square, detection_copy, letterbox
+from .faces import FaceDetector, centre_box, choose, crop_square, detection_copy, letterbox, look_closer
 from .images import read_image, save_csv, save_jpeg
 from .predict import load_fold_model, read_threshold, sigmoid, validate_submission
 from .runtime import Runtime
@@ -111,6 +111,7 @@ class OnTheFlyAligner:
                 copies = [detection_copy(pixels[i], acfg.detect_max_side) for i in todo]  # type: ignore[arg-type]
                 try:
                     faces = detector.detect([c for c, _ in copies], [s for _, s in copies])
+                    look_closer(detector, [pixels[i] for i in todo], faces, acfg)  # type: ignore[misc]
                     found = dict(zip(todo, faces))
                 except Exception as exc:
                     detect_note = f"face detection failed ({type(exc).__name__}: {exc})"

@@ -9,6 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,9 +17,21 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from deepfake_pipeline.align import Journal, Shard, parse_shard, read_journals, run_align, settings_hash
-from deepfake_pipeline.config import Config, load_config
+from deepfake_pipeline.config import AlignConfig, Config, load_config
+from deepfake_pipeline.demo_data import render_image
 from deepfake_pipeline.errors import ConfigError, DataValidationError, PipelineError
-from deepfake_pipeline.faces import Face, centre_box, choose, crop_box, crop_square, letterbox
+from deepfake_pipeline.faces import (
+    Face,
+    FaceDetector,
+    best_prob,
+    centre_box,
+    choose,
+    crop_box,
+    crop_square,
+    detection_copy,
+    letterbox,
+    look_closer,
+)
 
 from .conftest import PYTHON, REPO, shared_dataset
 
@@ -268,6 +281,44 @@ def test_journal_ignores_and_cuts_a_torn_last_line(tmp_path: Path) -> None:
     assert [e["Id"] for e in read_journals(tmp_path / "out")] == ["a", "c"]
 
 
+def small_face_frame(index: int = 0) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A 1280 x 960 frame with a synthetic portrait pasted at 160 px: the face is ~6% of the width."""
+    portrait, _ = render_image(0, index, False, 256)
+    frame = np.full((960, 1280, 3), 120, np.uint8)
+    frame[500:660, 700:860] = cv2.resize(portrait, (160, 160), interpolation=cv2.INTER_AREA)
+    return frame, (700, 500, 860, 660)
+
+
+def test_closer_look_finds_a_small_face_the_fast_look_misses() -> None:
+    cfg = AlignConfig()
+    detector = FaceDetector(cfg.min_face_frac, "cpu", retry_below=cfg.min_prob)
+    frame, (x0, y0, x1, y1) = small_face_frame()
+    copy, scale = detection_copy(frame, cfg.detect_max_side)
+    found = detector.detect([copy], [scale])
+    assert best_prob(found[0]) < cfg.min_prob  # too small for the first look's pyramid
+    off = AlignConfig(retry_max_side=0)
+    assert look_closer(detector, [frame], [list(found[0])], off) == 0
+    assert look_closer(detector, [frame], found, cfg) == 1
+    face = max(found[0], key=lambda f: f.prob)
+    assert face.prob >= cfg.min_prob
+    cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
+    assert x0 < cx < x1 and y0 < cy < y1  # in source pixels, inside the pasted portrait
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_align_crops_a_small_face_in_a_large_frame(tmp_path: Path, workers: int) -> None:
+    """Through run_align (main-process detection, and detection inside a CPU worker)."""
+    root, out = tmp_path / "data", tmp_path / "faces"
+    make_layout(root, n_train=2, n_test=1)
+    frame, (x0, y0, x1, y1) = small_face_frame(1)
+    Image.fromarray(frame).save(root / "train_images" / "tr000.jpg", quality=95)
+    run_align(load_config(write_cfg(tmp_path, root, out, f"align: {{workers: {workers}, min_face_frac: 0.25}}")))
+    row = manifest(out).set_index("Id").loc["tr000"]
+    assert row["status"] == "face", row.to_dict()
+    bx0, by0, bx1, by1 = map(float, row["face_box"].split())
+    assert x0 < (bx0 + bx1) / 2 < x1 and y0 < (by0 + by1) / 2 < y1
+
+
 def test_resume_after_sigkill(tmp_path: Path) -> None:
     """Kill the CLI mid-run; the rerun finishes, keeps what was done, and leaves only whole JPEGs."""
     root, out = tmp_path / "data", tmp_path / "faces"
@@ -306,7 +357,7 @@ def test_resume_after_sigkill(tmp_path: Path) -> None:
         assert (out / done_before[key]["path"]).stat().st_mtime_ns == mtime  # not rewritten
 
 
-# The detection settings benchmarks/align_speed.py was tuned with (proposed AlignConfig defaults).
+# The shipped detection defaults (write_cfg's base overrides min_face_frac), as benchmarked.
 TUNED = {"detect_max_side": 160, "min_face_frac": 0.25, "batch_size": 32}
 
 
