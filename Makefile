@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(PY) make_diamonds.py --config $(DEMO_CONFIG) --run $(DEMO_RUN) --out data/demo_diamonds.csv
 	$(PY) train.py --config $(DEMO_CONFIG) --stage all --set run.name=demo_round2 \
 	    --set data.pseudo_labels=data/demo_diamonds.csv --set ssl.enabled=false \
-	    --set finetune.ssl_encoder=$(DEMO_RUN)/ssl/encoder.safetensors --set finetune.epochs=3
+	    --set finetune.ssl_encoder=$(DEMO_RUN)/ssl/encoder.safetensors
 	$(PY) -m deepfake_pipeline.score weights/demo_round2/submission.csv data/demo/test_solution.csv --probs weights/demo_round2/test_probs.csv
 	$(PY) plot_training_curves.py --run $(DEMO_RUN)
 	$(PY) plot_training_curves.py --run weights/demo_round2
