@@ -455,14 +455,27 @@ def predict_logits(
 ) -> torch.Tensor:
     """Mean logit over ``views`` (TTA) for every item of ``loader``, in loader order (CPU, float32)."""
     model.eval()
-    views = views or [lambda t: t]
     out = []
     for images, _, _ in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
-        x = to_device_float(images, runtime, img_size)
-        total = None
-        for view in views:
-            with runtime.autocast():
-                logits = model(view(x)).float()
-            total = logits if total is None else total + logits
-        out.append(total / len(views))  # stays on the device: one copy at the end, no per-batch sync
+        # stays on the device: one copy at the end, no per-batch sync
+        out.append(batch_logits(model, images, runtime, img_size, views))
     return torch.cat(out).cpu() if out else torch.zeros(0)
+
+
+@torch.no_grad()
+def batch_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    runtime: Runtime,
+    img_size: int,
+    views: list[Callable[[torch.Tensor], torch.Tensor]] | None = None,
+) -> torch.Tensor:
+    """Mean logit over ``views`` (TTA; identity when None) of one uint8 batch, on the device (float32)."""
+    x = to_device_float(images, runtime, img_size)
+    views = views or [lambda t: t]
+    total = None
+    for view in views:
+        with runtime.autocast():
+            logits = model(view(x)).float()
+        total = logits if total is None else total + logits
+    return total / len(views)

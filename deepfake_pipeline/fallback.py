@@ -31,7 +31,7 @@ from .artifacts import RunPaths, load_faces
 from .augment import parse_tta
 from .config import Config
 from .dataset import decode_face, list_images, load_layout, read_labels
-from .engine import to_device_float
+from .engine import batch_logits
 from .errors import CheckpointError, DataValidationError, PipelineError
 from .faces import FaceDetector, centre_box, choose, crop_square, detection_copy, letterbox, look_closer
 from .images import read_image, save_csv, save_jpeg
@@ -159,14 +159,8 @@ def is_oom(exc: BaseException) -> bool:
 @torch.no_grad()
 def model_logits(model: nn.Module, images: torch.Tensor, runtime: Runtime, img_size: int,
                  views: list[View]) -> torch.Tensor:
-    """Mean logit over ``views`` of a uint8 batch (the maths of ``engine.predict_logits``), on the CPU."""
-    x = to_device_float(images, runtime, img_size)
-    total = None
-    for view in views:
-        with runtime.autocast():
-            logits = model(view(x)).float()
-        total = logits if total is None else total + logits
-    return (total / len(views)).cpu()
+    """Mean logit over ``views`` of a uint8 batch, on the CPU."""
+    return batch_logits(model, images, runtime, img_size, views).cpu()
 
 
 class SafePredictor:
