@@ -2,8 +2,14 @@
 
 The encoder is the very backbone the classifier uses (same :func:`~.model.build_backbone`), so its
 state dict transfers 1:1. Masks live on a grid of ``mask_patch`` pixels (a multiple of ConvNeXt's
-output stride 32), so every masked cell covers whole pixels at every stage. The target is the
-forensic input itself (all channels); the loss is L1 over masked pixels only.
+output stride 32), so every masked cell covers whole pixels at every stage.
+
+What the encoder sees and what it must rebuild: the masked cells of the RGB image are filled with
+the mean colour of its visible pixels *before* the forensic channels are computed, so no channel
+carries information about the hidden pixels (the FFT log-amplitude is global and point-symmetric:
+computed from the whole image, its visible cells would give the masked ones away). The targets are
+the spatial channels of the unmasked image, RGB and SRM residuals, on the masked pixels (L1); the
+FFT channel, a spectrum rather than a picture, is input only.
 
 With ``remask`` the features are multiplied by the keep-mask after every downsampling layer, as
 the sparse convolutions of FCMAE would see them: masked regions start each stage empty and only
@@ -66,6 +72,13 @@ def masked_l1(pred: Tensor, target: Tensor, pixel_mask: Tensor) -> Tensor:
     return err.sum() / denom.clamp_min(1.0)
 
 
+def hide(x: Tensor, pixel_mask: Tensor) -> Tensor:
+    """``x`` with its masked pixels (``pixel_mask`` 1) set to the mean colour of its visible pixels."""
+    visible = 1.0 - pixel_mask
+    mean = (x * visible).sum(dim=(-2, -1), keepdim=True) / visible.sum(dim=(-2, -1), keepdim=True).clamp_min(1.0)
+    return x * visible + mean * pixel_mask
+
+
 class SimMIM(nn.Module):
     """Masked reconstruction of the forensic input: stem -> mask token -> stages -> 1x1 conv decoder
     + PixelShuffle back to input resolution."""
@@ -93,11 +106,16 @@ class SimMIM(nn.Module):
             )
         self.mask_patch = mask_patch
         self.remask = remask
+        # The spatial channel groups are the reconstruction targets (see the module docstring).
+        self.target_groups = [g for g in cfg.channels if g != "fft"]
+        if not self.target_groups:
+            raise ConfigError("SimMIM needs an rgb or srm channel group to reconstruct (model.channels is fft only)")
+        self.targets = ForensicInput(self.target_groups)
         stem_chans = self.backbone.feature_info[0]["num_chs"]
         self.mask_token = nn.Parameter(torch.zeros(1, stem_chans, 1, 1))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.decoder = nn.Sequential(
-            nn.Conv2d(self.backbone.num_features, self.stride**2 * self.in_chans, kernel_size=1),
+            nn.Conv2d(self.backbone.num_features, self.stride**2 * self.targets.out_channels, kernel_size=1),
             nn.PixelShuffle(self.stride),
         )
         # The classifier's pooled-feature norm is not used here; freezing it keeps DDP from failing
@@ -114,14 +132,18 @@ class SimMIM(nn.Module):
     def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """x: float RGB in [0, 1] (B, 3, H, W); mask: (B, H / mask_patch, W / mask_patch), 1 = masked.
 
-        Returns (loss, reconstruction): a scalar L1 over masked pixels and (B, in_chans, H, W).
+        Returns (loss, reconstruction): a scalar L1 over masked pixels and the reconstructed target
+        channels (B, 3 x len(target_groups), H, W).
         """
         grid = self.mask_grid(*x.shape[-2:])
         if tuple(mask.shape) != (x.shape[0], *grid):
             raise ValueError(f"mask shape {tuple(mask.shape)} does not match {(x.shape[0], *grid)}")
         mask = mask.to(x.device)
-        target = self.forensic(x).detach()
-        z = self.backbone.stem(target)
+        pixel_mask = upsample_mask(mask, *x.shape[-2:]).to(x.dtype)
+        with torch.no_grad():
+            target = self.targets(x)
+            inputs = self.forensic(hide(x, pixel_mask))
+        z = self.backbone.stem(inputs)
         m = upsample_mask(mask, *z.shape[-2:]).to(z.dtype)
         z = z * (1.0 - m) + self.mask_token.to(z.dtype) * m
         for stage in self.backbone.stages:
@@ -134,7 +156,7 @@ class SimMIM(nn.Module):
                 z = stage.blocks(z)
         z = self.backbone.norm_pre(z)
         rec = self.decoder(z)  # (B, in_chans, H, W): H, W are multiples of the stride
-        loss = masked_l1(rec, target, upsample_mask(mask, *x.shape[-2:]))
+        loss = masked_l1(rec, target, pixel_mask)
         return loss, rec
 
     def encoder_state_dict(self) -> dict[str, Tensor]:

@@ -7,6 +7,7 @@ import torch
 
 from deepfake_pipeline.config import ModelConfig, SSLConfig
 from deepfake_pipeline.errors import CheckpointError, ConfigError
+from deepfake_pipeline.features import ForensicInput
 from deepfake_pipeline.model import build_classifier, load_backbone_state, param_groups
 from deepfake_pipeline.simmim import SimMIM, build_simmim, generate_masks, masked_l1, upsample_mask
 
@@ -74,12 +75,40 @@ def test_forward_shapes_and_loss() -> None:
     x = torch.rand(2, 3, 64, 64)
     mask = generate_masks(2, *model.mask_grid(64, 64), 0.5, torch.Generator().manual_seed(0))
     loss, rec = model(x, mask)
-    assert rec.shape == (2, 9, 64, 64) and loss.ndim == 0 and torch.isfinite(loss)
-    target = model.forensic(x)
+    # targets: the rgb and srm groups (6 channels); the fft group is input only
+    assert rec.shape == (2, 6, 64, 64) and loss.ndim == 0 and torch.isfinite(loss)
+    target = ForensicInput(["rgb", "srm"])(x)
     assert torch.allclose(loss, masked_l1(rec, target, upsample_mask(mask, 64, 64)))
     assert model.mask_token.shape == (1, 40, 1, 1)
     with pytest.raises(ValueError):
         model(torch.rand(2, 3, 80, 64), mask)
+
+
+def test_hidden_pixels_cannot_reach_the_encoder() -> None:
+    """Whatever the masked pixels hold, the encoder's input and the reconstruction are the same; only
+    the target changes. Fails when any input channel is computed from the unmasked image (the FFT
+    log-amplitude of the whole image reveals the masked cells through its point symmetry)."""
+    torch.manual_seed(0)
+    model = SimMIM(tiny(img_size=128), mask_patch=32).eval()
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 3, 128, 128, generator=g)
+    mask = generate_masks(2, 4, 4, 0.5, g)
+    pix = upsample_mask(mask, 128, 128)
+    other = x * (1 - pix) + torch.rand(2, 3, 128, 128, generator=g) * pix  # new content under the mask
+    with torch.no_grad():
+        loss_a, rec_a = model(x, mask)
+        loss_b, rec_b = model(other, mask)
+    assert torch.equal(rec_a, rec_b)
+    assert not torch.equal(loss_a, loss_b)  # the targets did change
+    # and the visible pixels do reach it
+    with torch.no_grad():
+        _, rec_c = model(x * pix + torch.rand(2, 3, 128, 128, generator=g) * (1 - pix), mask)
+    assert not torch.allclose(rec_a, rec_c)
+
+
+def test_fft_only_input_has_nothing_to_reconstruct() -> None:
+    with pytest.raises(ConfigError, match="fft only"):
+        SimMIM(tiny(channels=["fft"]))
 
 
 def test_bad_mask_patch_or_image_size_are_config_errors() -> None:
