@@ -38,7 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import bench_config, describe_device, meta, parse_list, sync, table, write_json  # noqa: E402
 
-from deepfake_pipeline.augment import build_train_augment  # noqa: E402
+from deepfake_pipeline.augment import (
+    build_train_augment,  # noqa: E402
+    resize_batch,  # noqa: E402
+)
 from deepfake_pipeline.dataset import FaceDataset  # noqa: E402
 from deepfake_pipeline.engine import make_loader, to_device_float  # noqa: E402
 from deepfake_pipeline.runtime import Runtime, init_runtime  # noqa: E402
@@ -153,7 +156,7 @@ def time_method(source: Iterable[torch.Tensor], rt: Runtime, img_size: int, augm
             if i == warmup:
                 sync(rt.device)
                 start = time.perf_counter()
-            x = augment(to_device_float(batch, rt, img_size))
+            x = augment(resize_batch(to_device_float(batch, rt), img_size))
             if start is not None:
                 images += x.shape[0]
     sync(rt.device)
@@ -169,7 +172,7 @@ def aug_breakdown(paths: list[str], rt: Runtime, augment: torch.nn.Module, batch
     ops = list(getattr(augment, "ops", None) or [])
     if not ops:
         return []
-    x = to_device_float(next(iter(batches_resident(paths, rt, batch, 1))), rt, img_size)
+    x = resize_batch(to_device_float(next(iter(batches_resident(paths, rt, batch, 1))), rt), img_size)
     rows = []
     with torch.no_grad():
         for op in ops:

@@ -1,8 +1,8 @@
 """Prediction throughput: N TTA views x K fold models over in-memory uint8 faces, images/s.
 
-The same code path as ``predict.ensemble_logits``: K classifiers from ``model.build_classifier``
+The same code path as ``trained.ensemble_logits``: K classifiers from ``model.build_classifier``
 (random init, seeded per fold, no weight files), put on the device, eval mode and channels_last as
-``predict.load_fold_model`` does, then ``engine.predict_logits`` with ``augment.parse_tta`` views
+``trained.load_fold_model`` does, then ``engine.predict_logits`` with ``augment.parse_tta`` views
 over an ``engine.make_loader`` loader, summed over the folds. What is left out: JPEG decoding (see
 input_pipeline.py) and reading the fold weights from disk (the models are built up front).
 The reference row (1 fold x identity) shows the cost of one forward pass per image.
@@ -38,7 +38,7 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-from deepfake_pipeline.augment import parse_tta  # noqa: E402
+from deepfake_pipeline.augment import InputFit, input_fit, parse_tta  # noqa: E402
 from deepfake_pipeline.config import Config  # noqa: E402
 from deepfake_pipeline.engine import make_loader, predict_logits  # noqa: E402
 from deepfake_pipeline.model import build_classifier  # noqa: E402
@@ -60,7 +60,7 @@ class MemoryFaces(Dataset):
 
 
 def fold_models(cfg: Config, rt: Runtime, folds: int) -> list[torch.nn.Module]:
-    """As predict.load_fold_model, with a seeded random init instead of the fold's weights."""
+    """As trained.load_fold_model, with a seeded random init instead of the fold's weights."""
     models = []
     for k in range(folds):
         seed_everything(derive_seed(cfg.run.seed, "init", k))
@@ -71,11 +71,11 @@ def fold_models(cfg: Config, rt: Runtime, folds: int) -> list[torch.nn.Module]:
     return models
 
 
-def run_ensemble(models: list[torch.nn.Module], loader: Any, rt: Runtime, img_size: int, views: list[Any]) -> np.ndarray:
-    """The loop of predict.ensemble_logits: mean over folds of predict_logits (mean over views)."""
+def run_ensemble(models: list[torch.nn.Module], loader: Any, rt: Runtime, fit: InputFit, views: list[Any]) -> np.ndarray:
+    """The loop of trained.ensemble_logits: mean over folds of predict_logits (mean over views)."""
     total = np.zeros(len(loader.dataset), dtype=np.float64)
     for model in models:
-        total += predict_logits(model, loader, rt, img_size, views).double().numpy()
+        total += predict_logits(model, loader, rt, fit, views).double().numpy()
     return total / max(1, len(models))
 
 
@@ -89,10 +89,10 @@ def measure(cfg: Config, rt: Runtime, folds: int, tta: list[str], args: argparse
     warm = make_loader(MemoryFaces(min(args.batch, args.images), cfg.model.img_size), None, rt, 0, cfg.run.seed,
                        batch_size=args.batch)
     for model in models:  # cudnn autotuning, allocator growth
-        predict_logits(model, warm, rt, cfg.model.img_size, views)
+        predict_logits(model, warm, rt, input_fit(cfg.model), views)
     reset_peak(rt.device)
     start = time.perf_counter()
-    logits = run_ensemble(models, loader, rt, cfg.model.img_size, views)
+    logits = run_ensemble(models, loader, rt, input_fit(cfg.model), views)
     sync(rt.device)
     seconds = time.perf_counter() - start
     mem, kind = peak_memory_mb(rt.device)

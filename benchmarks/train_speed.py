@@ -62,7 +62,10 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-from deepfake_pipeline.augment import build_train_augment  # noqa: E402
+from deepfake_pipeline.augment import (
+    build_train_augment,  # noqa: E402
+    resize_batch,  # noqa: E402
+)
 from deepfake_pipeline.config import Config  # noqa: E402
 from deepfake_pipeline.engine import LoopSpec, TrainLoop, to_device_float  # noqa: E402
 from deepfake_pipeline.model import build_classifier, param_groups  # noqa: E402
@@ -153,7 +156,7 @@ def micro_step(loop: TrainLoop, images: Tensor, targets: Tensor, epoch: int, bou
     with step_seed(spec.seed, rt.rank, epoch, loop.micro_done):
         with torch.no_grad():
             with scope("step::data"):
-                x = to_device_float(images, rt, spec.img_size)
+                x = resize_batch(to_device_float(images, rt), loop.model_size)
             if loop.prepare is not None:
                 with scope("step::augment"):
                     x = loop.prepare(x)
@@ -213,7 +216,7 @@ def count_flops(loop: TrainLoop, images: Tensor, targets: Tensor) -> float:
     n = min(2, images.shape[0])
     rt = loop.rt
     with torch.no_grad():
-        x = to_device_float(images[:n], rt, loop.spec.img_size)
+        x = resize_batch(to_device_float(images[:n], rt), loop.model_size)
         if loop.prepare is not None:
             x = loop.prepare(x)
     with FlopCounterMode(display=False) as counter:
@@ -235,11 +238,12 @@ def measure(job: Job, cfg: Config, device: str, peak: float | None, threads: int
     spec = LoopSpec(
         name=f"bench-{job.stage}", out_dir=Path(tempfile.gettempdir()) / "train_speed_unused", epochs=1,
         batch_size=job.batch, optim=dataclasses.replace(parts.optim, accum_steps=job.accum), seed=cfg.run.seed,
-        stage_hash="bench", img_size=size, workers=0, ema_decay=parts.ema_decay, compile=job.compile,
+        stage_hash="bench", workers=0, ema_decay=parts.ema_decay, compile=job.compile,
         progress=False,
     )
     loop = TrainLoop(spec, rt, parts.model, _Placeholder(job.batch * micro_total), parts.compute_loss,
                      prepare=parts.augment)
+    loop.model_size = size  # type: ignore[attr-defined]
     optimizer = "AdamW fused" if dev.type == "cuda" else "AdamW"
     if job.variant == "baseline":
         opt = spec.optim

@@ -46,10 +46,10 @@ from .faces import (
     Face,
     FaceDetector,
     choose,
-    crop_square,
     detection_copy,
     letterbox,
     look_closer,
+    make_crop,
     resolve_device,
 )
 from .images import atomic_write_text, read_image, save_csv, save_jpeg
@@ -366,8 +366,8 @@ def _finish(item: Item, dec: Decoded, faces: list[Face] | None, cfg: Config, out
             entry.update(status="whole", box=_fmt((0, 0, width, height), 0))
         else:
             choice = choose(faces, width, height, cfg.align)
-            crop = crop_square(pixels, choice.box, cfg.align.size)
-            entry.update(status=choice.status, box=_fmt(choice.box, 0), n_faces=choice.n_faces)
+            crop, shown = make_crop(pixels, choice.box, cfg.align)
+            entry.update(status=choice.status, box=_fmt(shown, 0), n_faces=choice.n_faces)
             if choice.best_prob is not None:
                 entry["prob"] = round(choice.best_prob, 5)
             if choice.face is not None:

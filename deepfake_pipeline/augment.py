@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from kornia.geometry.transform import rotate
 from torch import Tensor, nn
 
-from .config import AugConfig
+from .config import AugConfig, ModelConfig
 from .errors import ConfigError
 
 # Not in AugConfig: the blur's kernel side and its sigma range (drawn per image).
@@ -146,6 +146,70 @@ def resize_batch(x: Tensor, size: int) -> Tensor:
             x.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=antialias
         )
     return y.to(dtype)
+
+
+def random_crop(x: Tensor, size: int, grid: int = 1) -> Tensor:
+    """A random ``size`` x ``size`` window of each image of a batch, never resampled.
+
+    Offsets come from torch's global CPU generator (the training loop reseeds it per step) and are
+    multiples of ``grid``: with 8, every crop keeps the JPEG 8x8 block phase of the aligned face,
+    as the full face at prediction time has it. ``x`` itself when it already has that size.
+    """
+    _check_batch(x)
+    b, _, h, w = x.shape
+    if size > h or size > w:
+        raise ConfigError(f"train_crop {size} is larger than the {h}x{w} faces it is cut from")
+    if (h, w) == (size, size):
+        return x
+    grid = max(1, grid)
+    tops = (torch.randint(0, (h - size) // grid + 1, (b,)) * grid).tolist()
+    lefts = (torch.randint(0, (w - size) // grid + 1, (b,)) * grid).tolist()
+    return torch.stack([x[i, :, t:t + size, v:v + size] for i, (t, v) in enumerate(zip(tops, lefts))])
+
+
+def centre_crop(x: Tensor, size: int, grid: int = 1) -> Tensor:
+    """The centre ``size`` x ``size`` window of a batch, its offset rounded down to ``grid``."""
+    _check_batch(x)
+    h, w = x.shape[-2:]
+    if size > h or size > w:
+        raise ConfigError(f"crop {size} is larger than the {h}x{w} faces it is cut from")
+    grid = max(1, grid)
+    top, left = (h - size) // 2 // grid * grid, (w - size) // 2 // grid * grid
+    return x[..., top:top + size, left:left + size]
+
+
+Prepare = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+@dataclass(frozen=True)
+class InputFit:
+    """How a batch of aligned faces becomes the network's ``size`` x ``size`` input (``model.fit``).
+
+    ``resize``: the whole face, resampled. ``crop``: a window at the face's own resolution, random
+    in training (:meth:`train`) and the centre one otherwise (:meth:`eval`).
+    """
+
+    size: int
+    mode: str = "resize"
+    grid: int = 8
+
+    def train(self, x: Tensor) -> Tensor:
+        return resize_batch(x, self.size) if self.mode == "resize" else random_crop(x, self.size, self.grid)
+
+    def eval(self, x: Tensor) -> Tensor:
+        return resize_batch(x, self.size) if self.mode == "resize" else centre_crop(x, self.size, self.grid)
+
+    def then(self, prepare: Prepare) -> Prepare:
+        """A training ``prepare`` step: :meth:`train`, then ``prepare`` (the augmentations)."""
+
+        def fitted(x: Tensor, y: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+            return prepare(self.train(x), y, index)
+
+        return fitted
+
+
+def input_fit(model: ModelConfig) -> InputFit:
+    return InputFit(model.img_size, model.fit, model.crop_grid)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,6 +37,8 @@ class DataConfig:
 class AlignConfig:
     enabled: bool = True  # False: no detection, the whole image is resized (ablation)
     size: int = 512
+    # False: no resampling; a size x size window of source pixels around the face (faces.native_crop).
+    resize: bool = True
     margin: float = 0.2  # expand the box by this share of its width/height on each side
     select: str = "prob"  # prob (most confident face) | largest
     min_prob: float = 0.9
@@ -62,7 +64,14 @@ class ModelConfig:
     channels: list[str] = field(default_factory=lambda: ["rgb", "fft", "srm"])
     pretrained: bool = False  # ImageNet weights through timm (needs internet, or pretrained_file)
     pretrained_file: str | None = None  # local timm weights file for offline machines
-    img_size: int = 512  # network input side; aligned faces are resized on the device
+    img_size: int = 512  # network input side
+    # How an aligned face becomes the img_size input. resize: the whole face, resampled on the device.
+    # crop: an img_size window at the face's own resolution (align.size >= img_size), random in
+    # training and the centre one at validation and prediction: no resampling, so the
+    # high-frequency traces of blending, warping and codecs survive.
+    fit: str = "resize"
+    # Crop windows start on this pixel grid: with 8 every window keeps the JPEG 8x8 block phase.
+    crop_grid: int = 8
     drop_path: float = 0.1
     head_dropout: float = 0.2
 
@@ -145,8 +154,11 @@ class PredictConfig:
 
 @dataclass
 class DiamondsConfig:
+    # Calibrated probabilities (trained.py): p > high -> fake, p < low -> real.
     high: float = 0.995
     low: float = 0.005
+    # Fold k's diamonds from fold k's model alone, for the next round's fold k: honest round-2 OOF.
+    per_fold: bool = True
     max_per_class: int | None = None
     max_fraction: float | None = None  # at most this share of the test set per class
     balance: bool = False  # keep the fake/real ratio of the mined rows at the train prior
@@ -248,6 +260,13 @@ def _check_values(cfg: Config) -> None:
     for name in cfg.model.channels:
         if name not in ("rgb", "fft", "srm"):
             problems.append(f"model.channels: unknown group {name!r} (rgb, fft, srm)")
+    if cfg.model.fit not in ("resize", "crop"):
+        problems.append(f"model.fit: {cfg.model.fit!r} is not one of resize, crop")
+    elif cfg.model.fit == "crop" and cfg.align.size < cfg.model.img_size:
+        problems.append(f"model.fit crop: align.size {cfg.align.size} is smaller than model.img_size "
+                        f"{cfg.model.img_size} (the crop window)")
+    if cfg.model.crop_grid < 1:
+        problems.append("model.crop_grid: must be >= 1")
     if not cfg.model.channels:
         problems.append("model.channels: at least one input group is needed")
     if cfg.finetune.init not in ("ssl", "pretrained", "scratch"):

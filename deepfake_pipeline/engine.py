@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
+from .augment import InputFit
 from .checkpoint import check_resumable, load_state, save_state
 from .config import OptimConfig
 from .faults import failpoint
@@ -139,17 +140,12 @@ def make_loader(
     )
 
 
-def to_device_float(images: torch.Tensor, runtime: Runtime, size: int | None = None) -> torch.Tensor:
-    """uint8 Bx3xHxW (host) -> float [0,1] on the device, resized to ``size`` if given."""
-    from .augment import resize_batch
-
+def to_device_float(images: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """uint8 Bx3xHxW (host) -> float [0,1] on the device."""
     x = images.to(runtime.device, non_blocking=True)
     if runtime.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    x = x.float().div_(255.0)
-    if size is not None:
-        x = resize_batch(x, size)
-    return x
+    return x.float().div_(255.0)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -166,7 +162,6 @@ class LoopSpec:
     optim: OptimConfig
     seed: int
     stage_hash: str
-    img_size: int
     workers: int = 2
     save_every: int = 0  # optimizer steps between mid-epoch checkpoints (0: epoch ends only)
     ema_decay: float | None = None
@@ -193,9 +188,9 @@ def metric_is_better(name: str, value: float, best: float | None) -> bool:
 class TrainLoop:
     """Runs ``spec.epochs`` epochs of ``compute_loss`` over ``dataset``, resumable from last.pt.
 
-    ``prepare(x, y, index)`` turns a float [0,1] device batch, its targets and the dataset
-    indices into the model input and targets (augmentation; Self-Blended Images also turn some
-    real faces into fakes); it runs under ``no_grad`` and the step's seed. ``evaluate`` (rank 0) returns validation metrics per
+    ``prepare(x, y, index)`` turns a float [0,1] device batch of aligned faces, its targets and the
+    dataset indices into the model input and targets (the input fit, augmentation; Self-Blended
+    Images also turn some real faces into fakes); it runs under ``no_grad`` and the step's seed. ``evaluate`` (rank 0) returns validation metrics per
     epoch; ``on_best`` is called when ``spec.select_metric`` improves, with the model evaluated
     (the EMA when there is one).
     """
@@ -370,7 +365,7 @@ class TrainLoop:
                 boundary = (index + 1) % self.accum == 0 or index + 1 == n_micro
                 with step_seed(spec.seed, rt.rank, self.epoch, index):
                     with torch.no_grad():
-                        x = to_device_float(images, rt, spec.img_size)
+                        x = to_device_float(images, rt)
                         y = targets.to(rt.device, non_blocking=True)
                         if self.prepare is not None:
                             x, y = self.prepare(x, y, indices)
@@ -448,7 +443,7 @@ def predict_logits(
     model: nn.Module,
     loader: DataLoader,
     runtime: Runtime,
-    img_size: int,
+    fit: InputFit,
     views: list[Callable[[torch.Tensor], torch.Tensor]] | None = None,
     progress: bool = False,
     desc: str = "predict",
@@ -458,7 +453,7 @@ def predict_logits(
     out = []
     for images, _, _ in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
         # stays on the device: one copy at the end, no per-batch sync
-        out.append(batch_logits(model, images, runtime, img_size, views))
+        out.append(batch_logits(model, images, runtime, fit, views))
     return torch.cat(out).cpu() if out else torch.zeros(0)
 
 
@@ -467,15 +462,16 @@ def batch_logits(
     model: nn.Module,
     images: torch.Tensor,
     runtime: Runtime,
-    img_size: int,
+    fit: InputFit,
     views: list[Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> torch.Tensor:
-    """Mean logit over ``views`` (TTA; identity when None) of one uint8 batch, on the device (float32)."""
-    x = to_device_float(images, runtime, img_size)
+    """Mean logit over ``views`` (TTA; identity when None) of one uint8 batch of aligned faces, each
+    view then fitted to the network input (``fit.eval``); on the device, float32."""
+    x = to_device_float(images, runtime)
     views = views or [lambda t: t]
     total = None
     for view in views:
         with runtime.autocast():
-            logits = model(view(x)).float()
+            logits = model(fit.eval(view(x))).float()
         total = logits if total is None else total + logits
     return total / len(views)

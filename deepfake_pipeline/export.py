@@ -4,7 +4,8 @@
     python -m deepfake_pipeline.export --run weights/<run> --fold 0 --format torchscript --out model.pt
 
 The exported model is self-contained: input ``image``, a uint8 RGB batch (B, 3, H, W) with
-H = W = ``model.img_size`` of the run (resize aligned faces to that size first; the batch axis is
+H = W = ``model.img_size`` of the run (with ``model.fit: resize`` the aligned face resized to
+that size, with ``crop`` its centre window, as ``augment.centre_crop`` cuts it; the batch axis is
 dynamic); the forensic channels (RGB normalisation, FFT log-amplitude, SRM residuals) are computed
 inside. Outputs, both shape (B,): ``prob`` = sigmoid(logit) = P(fake), and ``logit``. One view,
 one fold: no TTA, no fold ensemble. Label with ``prob >= threshold`` (``threshold.json``; copied
@@ -163,7 +164,7 @@ class ExportModel(nn.Module):
 
 def load_run_config(run_dir: str | Path) -> Config:
     """The run's saved ``config.yaml`` (``run.dir`` = ``run_dir``), with pretrained loading off."""
-    from .predict import load_run_config as saved_config
+    from .trained import load_run_config as saved_config
 
     cfg = saved_config(run_dir)
     # The fold weights replace every tensor: never fetch pretrained weights just to overwrite them.
@@ -173,8 +174,8 @@ def load_run_config(run_dir: str | Path) -> Config:
 
 def load_classifier(cfg: Config, run_dir: str | Path, fold: int) -> nn.Module:
     """The fold's ``best.safetensors`` in the run's classifier, on the CPU, in eval mode."""
-    from .predict import load_fold_model
     from .runtime import Runtime
+    from .trained import load_fold_model
 
     if not 0 <= fold < cfg.finetune.folds:
         raise PipelineError(f"--fold {fold}: the run has folds 0..{cfg.finetune.folds - 1}")
@@ -182,9 +183,11 @@ def load_classifier(cfg: Config, run_dir: str | Path, fold: int) -> nn.Module:
 
 
 def parity_images(cfg: Config, n: int = 8, seed: int = 0) -> tuple[Tensor, str]:
-    """Up to ``n`` uint8 (n, 3, S, S) check images: the run's aligned test faces (resized to
-    ``img_size``) when at least 2 are on disk, else ``n`` deterministic random images."""
+    """Up to ``n`` uint8 (n, 3, S, S) check images: the run's aligned test faces (fitted to
+    ``img_size`` as prediction fits them) when at least 2 are on disk, else ``n`` deterministic random
+    images."""
     from .artifacts import load_faces, usable_faces
+    from .augment import centre_crop
     from .dataset import FaceDataset
 
     size = cfg.model.img_size
@@ -194,8 +197,11 @@ def parity_images(cfg: Config, n: int = 8, seed: int = 0) -> tuple[Tensor, str]:
     except (PipelineError, OSError, ValueError):
         paths = []
     if len(paths) >= 2:  # one face would not exercise the batch axis
-        data = FaceDataset(paths, size=size)
-        return torch.stack([data[i][0] for i in range(len(paths))]), f"{len(paths)} aligned test faces"
+        data = FaceDataset(paths, size=size if cfg.model.fit == "resize" else None)
+        faces_u8 = torch.stack([data[i][0] for i in range(len(paths))])
+        if cfg.model.fit == "crop":
+            faces_u8 = centre_crop(faces_u8.float(), size, cfg.model.crop_grid).to(torch.uint8)
+        return faces_u8, f"{len(paths)} aligned test faces"
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (n, 3, size, size), generator=gen, dtype=torch.uint8), f"{n} random images"
 

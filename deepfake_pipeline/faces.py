@@ -7,6 +7,11 @@ The square is resized to ``size`` (INTER_AREA down, INTER_CUBIC up). Without a u
 centre square of the image is taken instead (``fallback``). With alignment disabled the whole
 image is letterboxed: resized to fit ``size`` keeping its aspect ratio, centred on black.
 
+With ``align.resize: false`` nothing is resampled (:func:`native_crop`): the crop is a ``size`` x
+``size`` window of source pixels centred on the square, its corner on the 16-pixel grid of the
+source's JPEG blocks. Resampling is a low-pass filter: it removes the high-frequency traces
+(resampling, blending, codec) that tell many fakes apart.
+
 Detection runs on a copy whose longest side is at most ``detect_max_side``, in padded batches,
 with a minimum face size of ``min_face_frac`` x the copy's short side; images without a face
 get a second look on a copy framed by a black border (see :class:`FaceDetector`).
@@ -93,6 +98,54 @@ def resize_to(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
 def crop_square(pixels: np.ndarray, box: Box, size: int) -> np.ndarray:
     x1, y1, x2, y2 = box
     return resize_to(pixels[y1:y2, x1:x2], size, size)
+
+
+# The window corner snaps to this grid: a JPEG source's 8x8 luma and 16x16 (4:2:0) chroma blocks
+# then stay where they were, and the crop's own JPEG re-encoding lands on the same block grid.
+NATIVE_GRID = 16
+
+
+def native_window(box: Box, width: int, height: int, size: int, grid: int = NATIVE_GRID) -> Box:
+    """A ``size`` x ``size`` window centred on ``box``, corner snapped to ``grid``, shifted inside the image.
+
+    Where the image is smaller than ``size`` the window starts at 0 and reaches past the image
+    (:func:`native_crop` pads that part).
+    """
+    cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
+
+    def start(centre: float, extent: int) -> int:
+        if extent <= size:
+            return 0
+        s = int(round((centre - size / 2.0) / grid)) * grid
+        return min(max(s, 0), extent - size)
+
+    left, top = start(cx, width), start(cy, height)
+    return left, top, left + size, top + size
+
+
+def native_crop(pixels: np.ndarray, box: Box, size: int) -> np.ndarray:
+    """The :func:`native_window` of ``box`` in source pixels, never resampled.
+
+    An image smaller than ``size`` along a side is padded by mirroring (keeping one tensor size for
+    batching); the padding is recorded by the caller through the source size.
+    """
+    h, w = pixels.shape[:2]
+    x1, y1, x2, y2 = native_window(box, w, h, size)
+    crop = pixels[y1:min(y2, h), x1:min(x2, w)]
+    pad_y, pad_x = size - crop.shape[0], size - crop.shape[1]
+    if pad_y or pad_x:
+        crop = np.pad(crop, ((0, pad_y), (0, pad_x), (0, 0)), mode="symmetric")
+    return np.ascontiguousarray(crop)
+
+
+def make_crop(pixels: np.ndarray, box: Box, cfg: AlignConfig) -> tuple[np.ndarray, Box]:
+    """(aligned face, the source square it shows) for the crop square ``box``: resized to ``cfg.size``,
+    or with ``cfg.resize`` false the native window around it (which the manifest then records, so
+    landmarks map onto the crop either way)."""
+    if cfg.resize:
+        return crop_square(pixels, box, cfg.size), box
+    h, w = pixels.shape[:2]
+    return native_crop(pixels, box, cfg.size), native_window(box, w, h, cfg.size)
 
 
 def letterbox(pixels: np.ndarray, size: int) -> np.ndarray:

@@ -13,7 +13,7 @@ import shutil
 import torch
 
 from .artifacts import RunPaths, faces_fingerprint, load_faces, usable_faces
-from .augment import build_train_augment
+from .augment import build_train_augment, input_fit
 from .checkpoint import read_done, save_weights, write_done
 from .config import Config, stage_hash
 from .dataset import FaceDataset
@@ -57,13 +57,14 @@ def run_ssl(cfg: Config, runtime: Runtime, paths: RunPaths, force: bool = False)
     dataset = FaceDataset(paths_list)
     seed_everything(derive_seed(cfg.run.seed, "init", "ssl"))
     model = SimMIM(cfg.model, mask_patch=cfg.ssl.mask_patch, remask=cfg.ssl.remask)
-    size = cfg.model.img_size
-    grid = size // cfg.ssl.mask_patch
     augment = build_train_augment(cfg.ssl.aug).to(runtime.device)
+    # The input fit (resize, or a random native-resolution window), then the augmentations.
+    prepare = input_fit(cfg.model).then(augment.prepare)
 
     def compute_loss(module: torch.nn.Module, x: torch.Tensor, _targets: torch.Tensor) -> torch.Tensor:
         # Masks come from the step-seeded global RNG, so a resumed run draws the same ones.
-        masks = generate_masks(x.shape[0], grid, grid, cfg.ssl.mask_ratio, None, torch.device("cpu"))
+        grid_h, grid_w = model.mask_grid(*x.shape[-2:])
+        masks = generate_masks(x.shape[0], grid_h, grid_w, cfg.ssl.mask_ratio, None, torch.device("cpu"))
         if x.is_cuda:
             masks = masks.pin_memory()  # a pageable host copy could wait for the queued step
         loss, _ = module(x, masks.to(x.device, non_blocking=True))
@@ -71,12 +72,12 @@ def run_ssl(cfg: Config, runtime: Runtime, paths: RunPaths, force: bool = False)
 
     spec = LoopSpec(
         name="ssl", out_dir=out, epochs=cfg.ssl.epochs, batch_size=cfg.ssl.batch_size, optim=cfg.ssl.optim,
-        seed=cfg.run.seed, stage_hash=h, img_size=size, workers=cfg.run.workers, save_every=cfg.ssl.save_every,
+        seed=cfg.run.seed, stage_hash=h, workers=cfg.run.workers, save_every=cfg.ssl.save_every,
         compile=cfg.run.compile, progress=cfg.run.progress,
     )
     log.info("ssl: %d faces (%s), %s, mask ratio %.2f at %d px patches, %s", len(dataset), "+".join(splits),
              cfg.model.backbone, cfg.ssl.mask_ratio, cfg.ssl.mask_patch, runtime.describe())
-    loop = TrainLoop(spec, runtime, model, dataset, compute_loss, prepare=augment.prepare)
+    loop = TrainLoop(spec, runtime, model, dataset, compute_loss, prepare=prepare)
     summary = loop.run()
     if runtime.is_main:
         save_weights(paths.encoder, model.encoder_state_dict(), metadata={"stage_hash": h, "backbone": cfg.model.backbone})

@@ -31,6 +31,9 @@ from deepfake_pipeline.faces import (
     detection_copy,
     letterbox,
     look_closer,
+    make_crop,
+    native_crop,
+    native_window,
 )
 
 from .conftest import PYTHON, REPO, shared_dataset
@@ -143,6 +146,32 @@ def test_resize_and_letterbox_shapes() -> None:
     assert box[:15].max() == 0 and box[-15:].max() == 0 and box[20:44].max() > 0  # centred, black bars
 
 
+def test_native_crop_copies_source_pixels_on_the_jpeg_grid() -> None:
+    img = np.random.default_rng(2).integers(0, 256, (250, 300, 3), dtype=np.uint8)
+    box = (100, 40, 220, 160)  # centre (160, 100)
+    window = native_window(box, 300, 250, 96)
+    assert window == (112, 48, 208, 144)  # centre - 48 = (112, 52), corner snapped to the 16 px grid
+    crop = native_crop(img, box, 96)
+    assert np.array_equal(crop, img[48:144, 112:208])  # the source pixels themselves, nothing resampled
+    # at the border the window shifts inside instead of padding
+    assert native_window((0, 0, 40, 40), 300, 250, 96)[:2] == (0, 0)
+    assert native_window((260, 210, 300, 250), 300, 250, 96)[2:] == (300, 250)
+    cfg = AlignConfig(size=96, resize=False)
+    face, shown = make_crop(img, box, cfg)
+    assert np.array_equal(face, crop) and shown == window
+    resized, square = make_crop(img, box, AlignConfig(size=96))
+    assert square == box and resized.shape == (96, 96, 3) and not np.array_equal(resized, crop)
+
+
+def test_native_crop_pads_an_image_smaller_than_the_window() -> None:
+    img = np.random.default_rng(3).integers(0, 256, (40, 70, 3), dtype=np.uint8)
+    crop = native_crop(img, (0, 0, 40, 40), 64)
+    assert crop.shape == (64, 64, 3)
+    assert np.array_equal(crop[:40, :64], img[:, :64])  # the image where it is, mirrored beyond
+    assert np.array_equal(crop[40:, :64], img[::-1][: 24, :64])
+    assert native_crop(np.zeros((1, 1, 3), np.uint8), (0, 0, 1, 1), 16).shape == (16, 16, 3)
+
+
 # ---------------------------------------------------------------- the stage
 
 
@@ -165,6 +194,20 @@ def test_fallback_centre_crop_and_manifest(small: tuple[Config, list, Path]) -> 
     flat = np.asarray(Image.open(out / "train" / "tr000.jpg"))
     assert np.abs(flat.astype(int) - src[36, 48].astype(int)).max() <= 6  # the flat colour, cropped
     assert (out / "align_config.yaml").read_text().startswith(f"# align settings hash: {settings_hash(cfg)}")
+
+
+def test_native_alignment_records_the_window_it_cut(small: tuple[Config, list, Path]) -> None:
+    cfg, keys, out = small
+    cfg.align.resize = False
+    cfg.align.size = 48
+    run_align(cfg)
+    faces = manifest(out)
+    assert set(faces["status"]) == {"fallback"}
+    assert (faces["box"] == "32 16 80 64").all()  # a 48 px window of the 96 x 72 source, on the grid
+    src = np.asarray(Image.open(Path(cfg.data.root) / "train_images" / "tr000.jpg").convert("RGB"))
+    crop = np.asarray(Image.open(out / "train" / "tr000.jpg"))
+    assert crop.shape == (48, 48, 3)
+    assert np.abs(crop.astype(int) - src[16:64, 32:80].astype(int)).mean() < 2  # JPEG of the same pixels
 
 
 def test_alignment_disabled_letterboxes_the_whole_image(small: tuple[Config, list, Path]) -> None:

@@ -11,6 +11,7 @@ from deepfake_pipeline.augment import (
     apply_tta,
     build_train_augment,
     parse_tta,
+    random_crop,
     resize_batch,
 )
 from deepfake_pipeline.config import AugConfig
@@ -162,3 +163,25 @@ def test_parse_tta() -> None:
     for bad in (["identity", "flip"], ["rot5"], ["rot+"], ["rot+x"], []):
         with pytest.raises(ValueError):
             parse_tta(bad)
+
+
+def test_random_crop_cuts_windows_on_the_grid_without_resampling() -> None:
+    x = torch.arange(2 * 3 * 40 * 40, dtype=torch.float32).view(2, 3, 40, 40)
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(20):
+        out = random_crop(x, 16, grid=8)
+        assert out.shape == (2, 3, 16, 16)
+        for i in range(2):
+            top, left = divmod(int(out[i, 0, 0, 0].item() - x[i, 0, 0, 0].item()), 40)
+            assert top % 8 == 0 and left % 8 == 0
+            assert torch.equal(out[i], x[i, :, top:top + 16, left:left + 16])
+            seen.add((top, left))
+    assert len(seen) > 4  # random offsets, not one fixed window
+    assert random_crop(x, 40) is x
+    with pytest.raises(ConfigError, match="larger"):
+        random_crop(x, 48)
+    torch.manual_seed(5)
+    a = random_crop(x, 16)
+    torch.manual_seed(5)
+    assert torch.equal(a, random_crop(x, 16))  # the step seed decides the windows
