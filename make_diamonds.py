@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Mine pseudo labels ("diamonds"): an earlier run's fold ensemble labels its most confident test faces.
+"""Mine pseudo labels ("diamonds"): an earlier run's fold models label the test faces they are sure of.
 
 Examples:
     python make_diamonds.py --run weights/default
@@ -24,12 +24,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             action.default, action.help = None, "YAML config (default: the run's saved config.yaml)"
     parser.add_argument("--run", required=True, help="run directory of the earlier round, e.g. weights/default")
     parser.add_argument("--out", default="data/train_diamond.csv", help="diamonds CSV (default: %(default)s)")
+    parser.add_argument("--allow-empty", action="store_true",
+                        help="write the CSV even when no test face passes the thresholds (default: exit code 2)")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
 
     from deepfake_pipeline.diamonds import run_diamonds
 
-    summary = run_diamonds(args.run, args.config, args.overrides, args.out)
+    summary = run_diamonds(args.run, args.config, args.overrides, args.out, args.allow_empty)
     print(summary.line(), flush=True)
     return 0
 

@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from deepfake_pipeline.artifacts import RunPaths
     from deepfake_pipeline.fallback import inspect_images, iter_lines, list_inputs, safe_inference
     from deepfake_pipeline.images import save_csv
-    from deepfake_pipeline.predict import inference_runtime, load_run_config
+    from deepfake_pipeline.trained import inference_runtime, load_run_config
 
     cfg = load_run_config(args.run, args.overrides, args.config)
     paths = RunPaths(Path(args.run))

@@ -13,7 +13,7 @@ alone takes tens of seconds). Then the submission and test probabilities are sco
 ``test_solution.csv`` with
 ``score.score_files`` (AUC, F1, accuracy; F1 and accuracy at the pooled-OOF threshold). With
 ``--cross OTHER`` OTHER's test images are aligned with the same settings and predicted by the same
-fold models (``predict.ensemble_logits``, same TTA and threshold) and scored against OTHER's labels.
+fold models (``trained.ensemble_logits``, same TTA, calibration and threshold) and scored against OTHER's labels.
 
 Scratch layout (``--scratch``, default /tmp/quality, outside the repository):
 ``faces/<dataset>-<align settings hash>/`` aligned faces, shared by every run with the same alignment
@@ -254,17 +254,17 @@ def predict_cross(plan: Plan) -> dict[str, float]:
     from deepfake_pipeline.artifacts import RunPaths, usable_faces
     from deepfake_pipeline.config import DataConfig
     from deepfake_pipeline.dataset import load_layout
-    from deepfake_pipeline.finetune import finished_folds
     from deepfake_pipeline.images import save_csv
-    from deepfake_pipeline.predict import (
+    from deepfake_pipeline.score import score_files
+    from deepfake_pipeline.submission import write_submission
+    from deepfake_pipeline.trained import (
         ensemble_logits,
+        finished_folds,
         inference_runtime,
         load_run_config,
         read_threshold,
         sigmoid,
-        write_submission,
     )
-    from deepfake_pipeline.score import score_files
 
     assert plan.cross is not None and plan.cross_faces is not None
     cfg = load_run_config(plan.run_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,8 @@ import pandas as pd
 from .config import Config, stage_hash, to_yaml
 from .errors import PipelineError
 from .images import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -108,3 +111,27 @@ def usable_faces(faces: pd.DataFrame, split: str) -> pd.DataFrame:
     """Rows of ``split`` with an aligned image on disk (unreadable inputs have none)."""
     rows = faces[(faces["split"] == split) & (faces["status"] != "unreadable") & (faces["path"] != "")]
     return rows.reset_index(drop=True)
+
+
+def fold_rows(folds: pd.DataFrame, faces: pd.DataFrame, k: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training rows, validation rows) of fold ``k``, each with the ``path`` of its aligned face.
+
+    ``folds`` is ``folds.csv``: labelled rows have their validation ``fold``; pseudo-labelled rows
+    (``is_pseudo`` 1) have fold -1 and train fold ``pseudo_fold`` only, or every fold when it is -1.
+    Labelled rows are train images, pseudo rows test images (an Id may exist in both splits). Rows
+    without a usable aligned face (unreadable at alignment) are left out with a warning.
+    """
+    pseudo = folds["is_pseudo"] == 1
+    pseudo_fold = folds["pseudo_fold"] if "pseudo_fold" in folds.columns else pd.Series(-1, index=folds.index)
+    train = folds[(~pseudo & (folds["fold"] != k)) | (pseudo & pseudo_fold.isin([-1, k]))].copy()
+    val = folds[~pseudo & (folds["fold"] == k)].copy()
+    if set(train["Id"][train["is_pseudo"] == 0]) & set(val["Id"]):
+        raise PipelineError(f"fold {k}: a labelled row is in both its training and validation parts")
+    by_split = {split: dict(zip(usable_faces(faces, split)["Id"], usable_faces(faces, split)["path"]))
+                for split in ("train", "test")}
+    for rows in (train, val):
+        rows["path"] = [by_split["test" if p else "train"].get(i) for i, p in zip(rows["Id"], rows["is_pseudo"])]
+    dropped = int(train["path"].isna().sum() + val["path"].isna().sum())
+    if dropped:
+        log.warning("fold %d: %d image(s) were unreadable at alignment and are left out", k, dropped)
+    return train.dropna(subset=["path"]).reset_index(drop=True), val.dropna(subset=["path"]).reset_index(drop=True)

@@ -181,10 +181,13 @@ def load_layout(cfg: DataConfig, check_images: bool = True, group_column: str | 
     return Layout(root, Split("train", train.reset_index(drop=True)), Split("test", test), warnings)
 
 
-def read_pseudo_labels(path: Path, train_ids: set[str], test_ids: set[str]) -> pd.DataFrame:
-    """Pseudo-labelled rows (is_pseudo == 1) of a diamonds CSV, checked against the layout.
+def read_pseudo_labels(path: Path, train_ids: set[str], test_ids: set[str]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The diamonds CSV (``make_diamonds.py``), checked against the layout.
 
-    Returns columns Id, target. Pseudo Ids must be test images and never train Ids.
+    Returns (pseudo rows: Id, target, pseudo_fold; the labelled rows' folds: Id, target, fold, or None).
+    A pseudo row's ``fold`` is the fold whose training part it joins (-1 or empty: every fold); the
+    original rows' ``fold`` is the fold assignment the diamonds were mined with, which a run using
+    per-fold diamonds must keep. Pseudo Ids must be test images and never train Ids.
     """
     if not path.is_file():
         raise DataValidationError([f"{path}: pseudo-label CSV not found (data.pseudo_labels)"])
@@ -192,7 +195,10 @@ def read_pseudo_labels(path: Path, train_ids: set[str], test_ids: set[str]) -> p
     needed = {"Id", "target_feature", "is_pseudo"}
     if not needed <= set(frame.columns):
         raise DataValidationError([f"{path}: needs columns {sorted(needed)}, has {list(frame.columns)}"])
-    pseudo = frame[frame["is_pseudo"] == 1]
+    fold = pd.to_numeric(frame["fold"], errors="coerce").fillna(-1).astype(int) if "fold" in frame.columns \
+        else pd.Series(-1, index=frame.index)
+    is_pseudo = frame["is_pseudo"] == 1
+    pseudo, pseudo_fold = frame[is_pseudo], fold[is_pseudo]
     problems = []
     leaked = sorted(set(pseudo["Id"]) & train_ids)
     if leaked:
@@ -203,11 +209,18 @@ def read_pseudo_labels(path: Path, train_ids: set[str], test_ids: set[str]) -> p
     bad = pseudo[~pseudo["target_feature"].isin([0, 1])]
     if len(bad):
         problems.append(f"{path}: pseudo labels not in {{0,1}} for Id {bad['Id'].iloc[0]!r}")
-    if pseudo["Id"].duplicated().any():
-        problems.append(f"{path}: duplicate pseudo Ids")
+    if pd.DataFrame({"Id": pseudo["Id"], "fold": pseudo_fold}).duplicated().any():
+        problems.append(f"{path}: duplicate pseudo Ids (within one fold)")
     if problems:
         raise DataValidationError(problems)
-    return pd.DataFrame({"Id": pseudo["Id"].to_numpy(), "target": pseudo["target_feature"].astype(int)})
+    rows = pd.DataFrame({"Id": pseudo["Id"].to_numpy(), "target": pseudo["target_feature"].astype(int).to_numpy(),
+                         "pseudo_fold": pseudo_fold.to_numpy()})
+    originals = None
+    if (pseudo_fold >= 0).any():
+        labelled = frame[~is_pseudo]
+        originals = pd.DataFrame({"Id": labelled["Id"].to_numpy(), "target": labelled["target_feature"].astype(int),
+                                  "fold": fold[~is_pseudo].to_numpy()})
+    return rows, originals
 
 
 def make_folds(labels: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:

@@ -1,13 +1,25 @@
-"""Pseudo-label mining ("diamonds"): an earlier run's fold ensemble labels its most confident test faces.
+"""Pseudo-label mining ("diamonds"): an earlier run's models label the test faces they are sure of.
 
 ``make_diamonds.py --run weights/<run>`` reopens the run from its saved ``config.yaml`` (backbone,
-TTA and alignment settings are the run's own), averages the logits of its finished folds over the
-TTA views on every aligned test face, and keeps faces with ``p > diamonds.high`` as fake and
-``p < diamonds.low`` as real, optionally capped (``max_per_class``, ``max_fraction``) and balanced to
-the train prior (``balance``), most confident first. The CSV it writes (default
-``data/train_diamond.csv``) holds the original labelled rows (``is_pseudo`` 0) and the diamonds
-(``is_pseudo`` 1, ``prob``, ``source_run``, ``config_hash`` = the run's finetune settings hash); the
-next round reads it through ``data.pseudo_labels`` (``dataset.read_pseudo_labels``).
+TTA and alignment settings are the run's own) and predicts every aligned test face with each
+finished fold model: TTA views, then the fold's calibration (``trained.py``), so ``p`` is a
+calibrated probability and ``diamonds.high``/``low`` (0.995/0.005) mean "99.5% sure" whatever the
+label smoothing or the length of training. Faces with ``p > high`` become fakes and ``p < low``
+reals, optionally capped (``max_per_class``, ``max_fraction``) and balanced to the train prior
+(``balance``), most confident first.
+
+Per fold (``diamonds.per_fold``, the default): fold k's diamonds are what round-1 fold k's model
+alone is sure of, and in the next round they train fold k only. That model never saw fold k's
+validation rows, so round 2's out-of-fold figures stay honest. With ``per_fold: false`` the whole
+ensemble mines once for every fold (more confident, but its models saw every labelled row: round
+2's OOF figures are then optimistic, and the next round says so).
+
+The CSV (default ``data/train_diamond.csv``) holds the original labelled rows (``is_pseudo`` 0, with
+the ``fold`` they had, which the next round keeps) and the diamonds (``is_pseudo`` 1, ``prob``,
+``fold`` = the fold they train or -1 for every fold, ``source_run``, ``config_hash`` = the run's
+finetune settings hash); the next round reads it through ``data.pseudo_labels``
+(``dataset.read_pseudo_labels``). A mining run that finds nothing writes nothing and fails,
+naming the most confident predictions it saw.
 """
 
 from __future__ import annotations
@@ -25,11 +37,18 @@ from .config import Config, DiamondsConfig, stage_hash
 from .dataset import load_layout
 from .errors import ConfigError, PipelineError
 from .images import save_csv
-from .predict import ensemble_logits, inference_runtime, load_run_config, run_settings_hashes, sigmoid
+from .trained import (
+    ensemble_logits,
+    finished_folds,
+    inference_runtime,
+    load_run_config,
+    run_settings_hashes,
+    sigmoid,
+)
 
 log = logging.getLogger(__name__)
 
-DIAMOND_COLUMNS = ["Id", "target_feature", "is_pseudo", "prob", "source_run", "config_hash"]
+DIAMOND_COLUMNS = ["Id", "target_feature", "is_pseudo", "prob", "fold", "source_run", "config_hash"]
 # Settings that decide where and how fast the run's models execute, not what they predict:
 # taken from the current config so that a CPU box can mine from a run trained on GPUs.
 _RUNTIME_FIELDS = ("device", "amp", "workers", "progress", "channels_last")
@@ -106,32 +125,40 @@ def select_diamonds(probs: pd.DataFrame, cfg: DiamondsConfig, n_test: int | None
 
 @dataclass
 class DiamondSummary:
-    out: Path
+    out: Path | None  # None when nothing was written
     run: Path
     folds: list[int]
     n_folds: int
     n_test: int
     n_predicted: int  # test images with an aligned face
-    candidates: dict[str, int] = field(default_factory=dict)  # class -> rows past the threshold
+    per_fold: bool
+    candidates: dict[str, int] = field(default_factory=dict)  # class -> rows past the threshold (all miners)
     kept: dict[str, int] = field(default_factory=dict)  # class -> rows written
+    kept_per_fold: dict[int, int] = field(default_factory=dict)  # miner fold (-1: ensemble) -> rows
+    extremes: tuple[float, float] = (float("nan"), float("nan"))  # lowest and highest p seen
 
     @property
-    def share(self) -> float:
-        return sum(self.kept.values()) / self.n_test if self.n_test else 0.0
+    def total(self) -> int:
+        return sum(self.kept.values())
 
     def line(self) -> str:
         per_class = ", ".join(
-            f"{name} {self.kept[name]} ({self.kept[name] / max(1, self.n_test):.1%} of test; "
-            f"{self.candidates[name]} past the threshold)" for name in ("fake", "real")
+            f"{name} {self.kept[name]} ({self.candidates[name]} past the threshold)" for name in ("fake", "real")
         )
-        return (f"diamonds: {sum(self.kept.values())} of {self.n_test} test images mined ({self.share:.1%}): "
-                f"{per_class}; from {len(self.folds)}/{self.n_folds} fold(s) of {self.run} -> {self.out}")
+        miners = ("per fold: " + " ".join(f"{k}:{n}" for k, n in sorted(self.kept_per_fold.items()))
+                  if self.per_fold else "by the fold ensemble, for every fold")
+        return (f"diamonds: {self.total} rows mined on {self.n_test} test images: {per_class}; {miners}; "
+                f"p in [{self.extremes[0]:.4f}, {self.extremes[1]:.4f}]; from {len(self.folds)}/{self.n_folds} "
+                f"fold(s) of {self.run} -> {self.out or 'nothing written'}")
 
 
-def mine(run_cfg: Config, paths: RunPaths, dcfg: DiamondsConfig, out: Path, config_hash: str) -> DiamondSummary:
+class NoDiamondsError(PipelineError):
+    """Nothing past the thresholds: writing the CSV would make the next round repeat this one."""
+
+
+def mine(run_cfg: Config, paths: RunPaths, dcfg: DiamondsConfig, out: Path, config_hash: str,
+         allow_empty: bool = False) -> DiamondSummary:
     """Predict the run's aligned test faces, select diamonds, write ``out`` (atomically)."""
-    from .finetune import finished_folds
-
     _check(dcfg)
     n_folds = run_cfg.finetune.folds
     folds = finished_folds(paths, n_folds)
@@ -140,6 +167,9 @@ def mine(run_cfg: Config, paths: RunPaths, dcfg: DiamondsConfig, out: Path, conf
             f"{paths.root}: no finished folds (fold<k>/done.json + best.safetensors): finish at least one "
             "fold with train.py --stage finetune before mining diamonds"
         )
+    if dcfg.per_fold and len(folds) < n_folds:
+        log.warning("diamonds: %d/%d folds finished: folds %s get no diamonds", len(folds), n_folds,
+                    sorted(set(range(n_folds)) - set(folds)))
     log.info("diamonds: %d/%d fold(s) finished, using fold(s) %s of %s", len(folds), n_folds, folds, paths.root)
     layout = load_layout(run_cfg.data, check_images=False)
     labels = layout.train.frame[["Id", "target"]]
@@ -158,25 +188,56 @@ def mine(run_cfg: Config, paths: RunPaths, dcfg: DiamondsConfig, out: Path, conf
                     len(test_ids) - len(faces))
 
     runtime = inference_runtime(run_cfg.run.device, run_cfg.run.amp, run_cfg.run.channels_last)
-    logits = ensemble_logits(run_cfg, paths, runtime, folds, list(faces["path"])) if len(faces) else np.zeros(0)
-    probs = pd.DataFrame({"Id": faces["Id"], "prob": sigmoid(logits), "logit": logits})
+    per_fold = ensemble_logits(run_cfg, paths, runtime, folds, list(faces["path"]), per_fold=True) \
+        if len(faces) else np.zeros((len(folds), 0))
+    miners = list(zip(folds, per_fold)) if dcfg.per_fold else [(-1, per_fold.mean(axis=0))]
     prior = float(labels["target"].mean())
-    chosen = select_diamonds(probs, dcfg, n_test=len(test_ids), prior=prior)
-    assert not set(chosen["Id"]) & train_ids, "diamonds must never include train Ids"
-
-    originals = pd.DataFrame({"Id": labels["Id"], "target_feature": labels["target"].astype(int), "is_pseudo": 0,
-                              "prob": np.nan, "source_run": "", "config_hash": ""})
-    diamonds = chosen.assign(is_pseudo=1, source_run=str(paths.root), config_hash=config_hash)
-    save_csv(out, pd.concat([originals, diamonds[DIAMOND_COLUMNS]], ignore_index=True)[DIAMOND_COLUMNS])
-    return DiamondSummary(
-        out=out, run=paths.root, folds=folds, n_folds=n_folds, n_test=len(test_ids), n_predicted=len(faces),
-        candidates={"fake": int((probs["prob"] > dcfg.high).sum()), "real": int((probs["prob"] < dcfg.low).sum())},
-        kept={"fake": int(chosen["target_feature"].sum()), "real": int((chosen["target_feature"] == 0).sum())},
+    chosen, candidates, kept_per_fold, seen = [], {"fake": 0, "real": 0}, {}, []
+    for k, logits in miners:
+        probs = pd.DataFrame({"Id": faces["Id"], "prob": sigmoid(logits), "logit": logits})
+        seen.append(probs["prob"].to_numpy())
+        picked = select_diamonds(probs, dcfg, n_test=len(test_ids), prior=prior).assign(fold=k)
+        candidates["fake"] += int((probs["prob"] > dcfg.high).sum())
+        candidates["real"] += int((probs["prob"] < dcfg.low).sum())
+        kept_per_fold[k] = len(picked)
+        chosen.append(picked)
+    mined = pd.concat(chosen, ignore_index=True) if chosen else pd.DataFrame(columns=["Id", "target_feature", "prob"])
+    assert not set(mined["Id"]) & train_ids, "diamonds must never include train Ids"
+    all_p = np.concatenate(seen) if seen and len(faces) else np.array([np.nan])
+    summary = DiamondSummary(
+        out=None, run=paths.root, folds=folds, n_folds=n_folds, n_test=len(test_ids), n_predicted=len(faces),
+        per_fold=dcfg.per_fold, candidates=candidates,
+        kept={"fake": int((mined["target_feature"] == 1).sum()), "real": int((mined["target_feature"] == 0).sum())},
+        kept_per_fold=kept_per_fold, extremes=(float(np.nanmin(all_p)), float(np.nanmax(all_p))),
     )
+    if summary.total == 0:
+        message = (f"no diamonds: no calibrated test probability is above diamonds.high={dcfg.high} or below "
+                   f"diamonds.low={dcfg.low} (they span {summary.extremes[0]:.4f} to {summary.extremes[1]:.4f}); "
+                   "a next round would repeat this one. Train a more confident round, lower the thresholds "
+                   "(--set diamonds.high=... --set diamonds.low=...)")
+        if not allow_empty:
+            log.error("%s, or pass --allow-empty to write the labelled rows alone", message)
+            raise NoDiamondsError(message)
+        log.warning("%s; --allow-empty: writing the labelled rows alone", message)
+
+    folds_csv = pd.read_csv(paths.folds_csv, dtype={"Id": str}) if paths.folds_csv.is_file() else None
+    fold_of = {} if folds_csv is None else dict(zip(folds_csv.loc[folds_csv["is_pseudo"] == 0, "Id"],
+                                                   folds_csv.loc[folds_csv["is_pseudo"] == 0, "fold"]))
+    originals = pd.DataFrame({"Id": labels["Id"], "target_feature": labels["target"].astype(int), "is_pseudo": 0,
+                              "prob": np.nan, "fold": [int(fold_of.get(i, -1)) for i in labels["Id"]],
+                              "source_run": "", "config_hash": ""})
+    if dcfg.per_fold and (originals["fold"] < 0).any():
+        raise PipelineError(f"{paths.folds_csv}: the run's folds do not cover every labelled row; per-fold "
+                            "diamonds need them (set diamonds.per_fold=false to mine with the whole ensemble)")
+    diamonds = mined.assign(is_pseudo=1, source_run=str(paths.root), config_hash=config_hash)
+    table = pd.concat([originals, diamonds[DIAMOND_COLUMNS]], ignore_index=True)[DIAMOND_COLUMNS]
+    save_csv(out, table.astype({"fold": int}))
+    summary.out = out
+    return summary
 
 
 def run_diamonds(run_dir: str | Path, config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-                 out: str | Path = "data/train_diamond.csv") -> DiamondSummary:
+                 out: str | Path = "data/train_diamond.csv", allow_empty: bool = False) -> DiamondSummary:
     """``make_diamonds.py``: the models come from the run's saved config (plus ``overrides``); the
     ``diamonds`` section and the runtime settings from ``config`` (default: that same saved config)."""
     run_dir = Path(run_dir)
@@ -186,4 +247,4 @@ def run_diamonds(run_dir: str | Path, config: str | Path | None = None, override
         setattr(run_cfg.run, name, getattr(current.run, name))
     run_cfg.predict.batch_size = current.predict.batch_size
     config_hash = run_settings_hashes(run_dir).get("finetune") or stage_hash(run_cfg, ["model", "finetune"])
-    return mine(run_cfg, RunPaths(run_dir), current.diamonds, Path(out), config_hash)
+    return mine(run_cfg, RunPaths(run_dir), current.diamonds, Path(out), config_hash, allow_empty)

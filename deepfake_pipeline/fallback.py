@@ -15,6 +15,7 @@ CUDA or the CPU, and never lets one image stop the others:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from collections.abc import Callable, Iterator
@@ -28,15 +29,24 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .artifacts import RunPaths, load_faces
-from .augment import parse_tta
+from .augment import InputFit, input_fit, parse_tta
 from .config import Config
 from .dataset import decode_face, list_images, load_layout, read_labels
 from .engine import batch_logits
 from .errors import CheckpointError, DataValidationError, PipelineError
-from .faces import FaceDetector, centre_box, choose, crop_square, detection_copy, letterbox, look_closer
+from .faces import FaceDetector, centre_box, choose, detection_copy, letterbox, look_closer, make_crop
 from .images import read_image, save_csv, save_jpeg
-from .predict import load_fold_model, read_threshold, sigmoid, validate_submission
 from .runtime import Runtime
+from .submission import validate_submission
+from .trained import (
+    Calibration,
+    finished_folds,
+    fold_calibration,
+    load_fold_model,
+    read_threshold,
+    saved_calibration,
+    sigmoid,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +140,11 @@ class OnTheFlyAligner:
             if not acfg.enabled:
                 crop, result = letterbox(pixels, acfg.size), Aligned("whole")
             elif faces is None:
-                crop, result = crop_square(pixels, centre_box(width, height), acfg.size), Aligned("fallback")
+                crop, result = make_crop(pixels, centre_box(width, height), acfg)[0], Aligned("fallback")
                 notes.append(detect_note or "no detection")
             else:
                 choice = choose(faces, width, height, acfg)
-                crop = crop_square(pixels, choice.box, acfg.size)
+                crop = make_crop(pixels, choice.box, acfg)[0]
                 result = Aligned(choice.status, prob=choice.face.prob if choice.face else choice.best_prob)
                 if choice.face is None:
                     notes.append("no face detected" if choice.best_prob is None
@@ -157,27 +167,28 @@ def is_oom(exc: BaseException) -> bool:
 
 
 @torch.no_grad()
-def model_logits(model: nn.Module, images: torch.Tensor, runtime: Runtime, img_size: int,
+def model_logits(model: nn.Module, images: torch.Tensor, runtime: Runtime, fit: InputFit,
                  views: list[View]) -> torch.Tensor:
     """Mean logit over ``views`` of a uint8 batch, on the CPU."""
-    return batch_logits(model, images, runtime, img_size, views).cpu()
+    return batch_logits(model, images, runtime, fit, views).cpu()
 
 
 class SafePredictor:
     """Fold models whose forward halves the batch on out-of-memory and isolates failing images."""
 
-    def __init__(self, models: dict[int, nn.Module], runtime: Runtime, img_size: int, views: list[View],
-                 batch_size: int):
+    def __init__(self, models: dict[int, nn.Module], runtime: Runtime, fit: InputFit, views: list[View],
+                 batch_size: int, calibrations: dict[int, Calibration] | None = None):
         self.models = models
+        self.calibrations = calibrations or {}
         self.runtime = runtime
-        self.img_size = img_size
+        self.fit = fit
         self.views = views
         self.batch_size = max(1, batch_size)
         self.halvings: list[int] = []  # batch sizes that ran out of memory
 
     def _call(self, model: nn.Module, images: torch.Tensor) -> np.ndarray:
         # Looked up at call time: the tests replace it to simulate out-of-memory.
-        return model_logits(model, images, self.runtime, self.img_size, self.views).double().numpy()
+        return model_logits(model, images, self.runtime, self.fit, self.views).double().numpy()
 
     def _oom(self, size: int) -> None:
         if size <= 1:
@@ -237,12 +248,12 @@ class SafePredictor:
         return logits, errors
 
     def predict(self, images: torch.Tensor) -> tuple[np.ndarray, list[str | None]]:
-        """Mean logit over the folds (NaN where every fold failed) and a reason per failed image."""
+        """Mean calibrated logit over the folds (NaN where every fold failed) and a reason per failed image."""
         per_fold = []
         reasons: list[str | None] = [None] * images.shape[0]
-        for model in self.models.values():
+        for k, model in self.models.items():
             logits, errors = self._forward(model, images)
-            per_fold.append(logits)
+            per_fold.append(self.calibrations.get(k, Calibration())(logits))
             reasons = [r or e for r, e in zip(reasons, errors)]
         stacked = np.stack(per_fold)
         ok = np.isfinite(stacked)
@@ -312,8 +323,6 @@ def predict_files(predictor: SafePredictor, paths: list[Path], size: int, worker
 
 def load_models(cfg: Config, paths: RunPaths, runtime: Runtime) -> dict[int, nn.Module]:
     """Every finished fold whose weights load; PipelineError when none does."""
-    from .finetune import finished_folds
-
     folds = finished_folds(paths, cfg.finetune.folds)
     if not folds:
         raise PipelineError(
@@ -441,10 +450,31 @@ class SafeResult:
                 f"{int(self.submission['target_feature'].sum())} predicted fake -> {self.out}")
 
 
+def load_calibrations(cfg: Config, paths: RunPaths, runtime: Runtime, folds: list[int]) -> dict[int, Calibration]:
+    """Each fold's calibration for these TTA views: fitted now when the fold's validation faces are at
+    hand, else the saved one of its OOF predictions; a fold without either keeps its raw logits, and
+    the threshold may then not fit them (a warning says so)."""
+    out = {}
+    for k in folds:
+        try:
+            found = fold_calibration(cfg, paths, runtime, k)
+        except Exception as exc:  # no training faces on this box, a torn file: the saved one then
+            log.warning("safe inference: fold %d cannot be calibrated now (%s)", k, _short(exc))
+            found = saved_calibration(cfg, paths, k)
+        if found is None:
+            log.warning("safe inference: fold %d has no calibration.json: its raw logits are used, and the OOF "
+                        "threshold (fitted on calibrated probabilities) may not suit them", k)
+            found = Calibration()
+        out[k] = found
+    return out
+
+
 def make_predictor(cfg: Config, paths: RunPaths, runtime: Runtime, fast: bool) -> SafePredictor:
     models = load_models(cfg, paths, runtime)
     views = parse_tta(["identity"] if fast else cfg.predict.tta)
-    return SafePredictor(models, runtime, cfg.model.img_size, views, cfg.predict.batch_size)
+    return SafePredictor(models, runtime, input_fit(cfg.model), views, cfg.predict.batch_size,
+                         load_calibrations(dataclasses.replace(cfg, predict=dataclasses.replace(
+                             cfg.predict, tta=[v.name for v in views])), paths, runtime, sorted(models)))
 
 
 def _predict_paths(cfg: Config, predictor: SafePredictor, paths: list[Path]

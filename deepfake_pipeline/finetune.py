@@ -1,17 +1,19 @@
 """Stage 3: k-fold classifier fine-tuning, out-of-fold predictions, one pooled threshold.
 
 Writes under the run directory: ``folds.csv`` (once; reused on resume), per fold
-``fold<k>/{last.pt, metrics.jsonl, best.safetensors, val_preds.csv, done.json}``, and when every
-fold is finished ``oof.csv`` and ``threshold.json``.
+``fold<k>/{last.pt, metrics.jsonl, best.safetensors, done.json, val_preds.csv, calibration.json}``,
+and when every fold is finished ``oof.csv`` and ``threshold.json``. The out-of-fold predictions are
+the best epoch's weights on the fold's validation faces with the prediction TTA views, calibrated
+per fold (``trained.py``): the threshold is fitted on what prediction produces.
 
-Pseudo-labelled rows (``data.pseudo_labels``) get fold -1: they are in the training part of
-every fold and in no validation fold, so OOF metrics and the threshold see original labels only.
+Pseudo-labelled rows (``data.pseudo_labels``) get fold -1: they are in the training part of their
+fold (per-fold diamonds) or of every fold, and in no validation fold, so OOF metrics and the
+threshold see original labels only.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -21,8 +23,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .artifacts import RunPaths, faces_fingerprint, load_faces, usable_faces
-from .augment import build_train_augment
+from .artifacts import RunPaths, faces_fingerprint, fold_rows, load_faces
+from .augment import InputFit, build_train_augment, input_fit
 from .checkpoint import load_weights, read_done, save_weights, write_done
 from .config import Config, stage_hash
 from .dataset import FaceDataset, load_layout, make_folds, read_pseudo_labels
@@ -34,6 +36,7 @@ from .metrics import best_f1_threshold, binary_metrics
 from .model import DeepfakeClassifier, build_classifier, load_backbone_state
 from .runtime import Runtime, derive_seed, seed_everything
 from .sbi import with_self_blend
+from .trained import calibrate_fold, finished_folds, pool_oof
 
 log = logging.getLogger(__name__)
 
@@ -41,26 +44,59 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------- folds
 
 
-def folds_hash(cfg: Config, labels: pd.DataFrame, pseudo: pd.DataFrame | None) -> str:
+def folds_hash(cfg: Config, labels: pd.DataFrame, pseudo: pd.DataFrame | None,
+               originals: pd.DataFrame | None = None) -> str:
     return stage_hash(
         cfg, [], extra={
             "folds": cfg.finetune.folds, "seed": cfg.run.seed, "group": cfg.finetune.group_column,
             "labels": labels[["Id", "target"]].to_csv(index=False),
             "pseudo": None if pseudo is None else pseudo.to_csv(index=False),
+            "mined_folds": None if originals is None else originals.to_csv(index=False),
         },
     )
 
 
+def mined_folds(labels: pd.DataFrame, originals: pd.DataFrame, n_folds: int, source: str) -> pd.DataFrame:
+    """The labelled rows' folds as per-fold diamonds were mined with them (checked against ``labels``)."""
+    table = originals.set_index("Id")
+    missing = sorted(set(labels["Id"]) - set(table.index))
+    if missing or len(table) != len(labels):
+        raise PipelineError(f"{source}: its original rows are not this run's labelled rows (e.g. "
+                            f"{(missing or sorted(set(table.index) - set(labels['Id'])) or ['?'])[0]!r}): per-fold "
+                            "diamonds need the folds they were mined with")
+    if (table.loc[labels["Id"], "target"].to_numpy() != labels["target"].to_numpy()).any():
+        raise PipelineError(f"{source}: its original labels differ from this run's labels")
+    folds = table.loc[labels["Id"], "fold"].to_numpy()
+    if folds.min() < 0 or folds.max() >= n_folds or len(set(folds)) != n_folds:
+        raise PipelineError(f"{source}: mined with {len(set(folds))} folds, finetune.folds is {n_folds}")
+    out = labels[["Id", "target"]].copy()
+    out["fold"] = folds
+    if "group" in labels.columns:
+        out["group"] = labels["group"].to_numpy()
+    return out
+
+
 def prepare_folds(cfg: Config, paths: RunPaths, runtime: Runtime, force: bool) -> pd.DataFrame:
-    """Build ``folds.csv`` (Id, target, fold, is_pseudo) once; reuse it while its inputs match."""
+    """Build ``folds.csv`` (Id, target, fold, is_pseudo, pseudo_fold) once; reuse it while its inputs match.
+
+    With per-fold diamonds (``make_diamonds.py`` default) the labelled rows keep the folds the
+    diamonds were mined with, and each pseudo row joins only the fold whose model never saw that
+    fold's validation rows: round-2 OOF figures stay honest.
+    """
     layout = load_layout(cfg.data, check_images=False, group_column=cfg.finetune.group_column)
     labels = layout.train.frame
-    pseudo = None
+    pseudo = originals = None
     if cfg.data.pseudo_labels:
-        pseudo = read_pseudo_labels(Path(cfg.data.pseudo_labels), set(labels["Id"]), set(layout.test.frame["Id"]))
-        log.info("finetune: %d pseudo-labelled rows (%d fake, %d real) from %s join every fold's training part",
-                 len(pseudo), int(pseudo["target"].sum()), int((pseudo["target"] == 0).sum()), cfg.data.pseudo_labels)
-    h = folds_hash(cfg, labels, pseudo)
+        pseudo, originals = read_pseudo_labels(Path(cfg.data.pseudo_labels), set(labels["Id"]),
+                                               set(layout.test.frame["Id"]))
+        per_fold = int((pseudo["pseudo_fold"] >= 0).sum())
+        log.info("finetune: %d pseudo-labelled rows (%d fake, %d real) from %s: %d for one fold each, %d for every "
+                 "fold", len(pseudo), int(pseudo["target"].sum()), int((pseudo["target"] == 0).sum()),
+                 cfg.data.pseudo_labels, per_fold, len(pseudo) - per_fold)
+        if len(pseudo) - per_fold:
+            log.warning("finetune: %d pseudo rows were mined by a whole ensemble that saw every labelled row: "
+                        "this run's OOF figures are optimistic; compare rounds on test figures", len(pseudo) - per_fold)
+    h = folds_hash(cfg, labels, pseudo, originals)
     path = paths.folds_csv
     hash_path = path.with_suffix(".hash")
     if path.is_file() and not force:
@@ -72,8 +108,13 @@ def prepare_folds(cfg: Config, paths: RunPaths, runtime: Runtime, force: bool) -
             )
         folds = pd.read_csv(path, dtype={"Id": str})
     else:
-        folds = make_folds(labels, cfg.finetune.folds, cfg.run.seed)
+        if originals is not None:
+            folds = mined_folds(labels, originals, cfg.finetune.folds, str(cfg.data.pseudo_labels))
+            log.info("finetune: folds taken from %s (the folds its diamonds were mined with)", cfg.data.pseudo_labels)
+        else:
+            folds = make_folds(labels, cfg.finetune.folds, cfg.run.seed)
         folds["is_pseudo"] = 0
+        folds["pseudo_fold"] = -1
         if pseudo is not None:
             extra = pseudo.assign(fold=-1, is_pseudo=1)
             folds = pd.concat([folds, extra], ignore_index=True)
@@ -115,25 +156,22 @@ def _val_metrics(targets: np.ndarray, logits: np.ndarray) -> dict[str, float]:
 
 
 class FoldValidator:
-    """Scores a fold's validation set each epoch; saves the weights and predictions of the best."""
+    """Scores a fold's validation set each epoch (one view) and saves the weights of the best epoch.
 
-    def __init__(self, k: int, rows: pd.DataFrame, loader: torch.utils.data.DataLoader, runtime: Runtime,
-                 img_size: int, out: Path, weights_path: Path, stage_hash: str):
-        self.k, self.rows, self.loader, self.runtime, self.img_size = k, rows, loader, runtime, img_size
-        self.out, self.weights_path, self.stage_hash = out, weights_path, stage_hash
+    The out-of-fold predictions are made once the fold is done, with the best weights and the
+    prediction views (:func:`~.trained.calibrate_fold`)."""
+
+    def __init__(self, rows: pd.DataFrame, loader: torch.utils.data.DataLoader, runtime: Runtime,
+                 fit: InputFit, weights_path: Path, stage_hash: str):
+        self.rows, self.loader, self.runtime, self.fit = rows, loader, runtime, fit
+        self.weights_path, self.stage_hash = weights_path, stage_hash
         self.targets = rows["target"].to_numpy().astype(np.float32)
-        self.logits = np.zeros(len(rows), dtype=np.float32)
 
     def evaluate(self, model: torch.nn.Module, epoch: int) -> dict[str, float]:
-        self.logits = predict_logits(model, self.loader, self.runtime, self.img_size).numpy()
-        return _val_metrics(self.targets, self.logits)
+        logits = predict_logits(model, self.loader, self.runtime, self.fit).numpy()
+        return _val_metrics(self.targets, logits)
 
     def save_best(self, model: torch.nn.Module, epoch: int, metrics: dict[str, float]) -> None:
-        preds = pd.DataFrame({
-            "Id": self.rows["Id"], "fold": self.k, "target": self.rows["target"].astype(int),
-            "prob": 1.0 / (1.0 + np.exp(-self.logits)), "logit": self.logits,
-        })
-        save_csv(self.out / "val_preds.csv", preds)
         save_weights(self.weights_path, model.state_dict(), metadata={"epoch": str(epoch), "stage_hash": self.stage_hash})
 
 
@@ -175,23 +213,7 @@ def train_fold(
             "or use another run.name"
         )
 
-    # Labelled rows are train images; pseudo rows are test images (an Id may exist in both splits).
-    by_split = {split: dict(zip(usable_faces(faces, split)["Id"], usable_faces(faces, split)["path"]))
-                for split in ("train", "test")}
-
-    def face_path(row: pd.Series) -> str | None:
-        return by_split["test" if row["is_pseudo"] else "train"].get(row["Id"])
-
-    train_rows = folds[folds["fold"] != k].copy()
-    val_rows = folds[(folds["fold"] == k) & (folds["is_pseudo"] == 0)].copy()
-    assert not set(train_rows["Id"][train_rows["is_pseudo"] == 0]) & set(val_rows["Id"]), "fold leak"
-    for rows in (train_rows, val_rows):
-        rows["path"] = [face_path(r) for _, r in rows.iterrows()]
-    dropped = pd.concat([train_rows, val_rows])["path"].isna().sum()
-    if dropped:
-        log.warning("fold %d: %d image(s) were unreadable at alignment and are left out", k, dropped)
-    train_rows = train_rows.dropna(subset=["path"])
-    val_rows = val_rows.dropna(subset=["path"]).reset_index(drop=True)
+    train_rows, val_rows = fold_rows(folds, faces, k)
     if len(val_rows) == 0 or len(train_rows) == 0:
         raise PipelineError(f"fold {k}: no usable images in its training or validation part")
 
@@ -205,19 +227,21 @@ def train_fold(
     model = build_classifier(dataclasses.replace(cfg.model, pretrained=cfg.finetune.init == "pretrained"))
     _init_backbone(model, cfg, paths)
     augment = build_train_augment(cfg.finetune.aug).to(runtime.device)
-    # Self-Blended Images (finetune.aug.sbi > 0) on the clean faces, then the augmentations.
-    prepare = with_self_blend(augment.prepare, cfg.finetune.aug.sbi, faces, train_rows)
+    fit = input_fit(cfg.model)
+    # Self-Blended Images (finetune.aug.sbi > 0) on the whole aligned faces (the landmarks are theirs),
+    # then the input fit (resize, or a random native-resolution window), then the augmentations.
+    prepare = with_self_blend(fit.then(augment.prepare), cfg.finetune.aug.sbi, faces, train_rows)
     smoothing = cfg.finetune.label_smoothing
 
     def compute_loss(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = module(x).float()
         return F.binary_cross_entropy_with_logits(logits, y * (1.0 - smoothing) + 0.5 * smoothing)
 
-    validator = FoldValidator(k, val_rows, val_loader, runtime, cfg.model.img_size, out, paths.fold_weights(k), h)
+    validator = FoldValidator(val_rows, val_loader, runtime, fit, paths.fold_weights(k), h)
 
     spec = LoopSpec(
         name=f"fold{k}", out_dir=out, epochs=cfg.finetune.epochs, batch_size=cfg.finetune.batch_size,
-        optim=cfg.finetune.optim, seed=cfg.run.seed + 1000 * (k + 1), stage_hash=h, img_size=cfg.model.img_size,
+        optim=cfg.finetune.optim, seed=cfg.run.seed + 1000 * (k + 1), stage_hash=h,
         workers=cfg.run.workers, save_every=cfg.finetune.save_every,
         ema_decay=cfg.finetune.ema_decay if cfg.finetune.ema else None, compile=cfg.run.compile,
         progress=cfg.run.progress, select_metric=cfg.finetune.select_metric,
@@ -229,42 +253,17 @@ def train_fold(
                      on_best=validator.save_best)
     summary = loop.run()
     if runtime.is_main:
+        if summary["best_epoch"] is None:
+            raise PipelineError(f"fold {k}: no epoch gave a finite {cfg.finetune.select_metric}; nothing to keep")
         write_done(out, h, **summary, select_metric=cfg.finetune.select_metric)
-        log.info("fold %d: done, best %s %.4f at epoch %s", k, cfg.finetune.select_metric,
-                 summary["best_value"], summary["best_epoch"])
+        calibration, _ = calibrate_fold(cfg, paths, runtime, k)
+        log.info("fold %d/%d: done, best %s %.4f at epoch %d; calibration %.3f * logit %+.3f", k + 1,
+                 cfg.finetune.folds, cfg.finetune.select_metric, summary["best_value"], summary["best_epoch"] + 1,
+                 calibration.a, calibration.b)
     runtime.barrier()
 
 
 # ----------------------------------------------------------------------------- OOF + threshold
-
-
-def finished_folds(paths: RunPaths, n_folds: int) -> list[int]:
-    return [k for k in range(n_folds) if read_done(paths.fold(k)) and paths.fold_weights(k).is_file()]
-
-
-def write_oof(cfg: Config, paths: RunPaths) -> dict[str, float]:
-    """Pool the folds' best-epoch validation predictions; choose one threshold on pooled OOF F1."""
-    parts = [pd.read_csv(paths.fold(k) / "val_preds.csv", dtype={"Id": str}) for k in range(cfg.finetune.folds)]
-    oof = pd.concat(parts, ignore_index=True)[["Id", "fold", "target", "prob"]]
-    if oof["Id"].duplicated().any():
-        raise PipelineError("oof: an Id appears in two validation folds")
-    save_csv(paths.oof_csv, oof)
-    y = oof["target"].to_numpy()
-    p = oof["prob"].to_numpy()
-    threshold, f1 = best_f1_threshold(y, p)
-    metrics = binary_metrics(y, p, threshold=threshold)
-    record = {
-        "threshold": float(threshold), "oof_f1": float(f1), "oof_auc": _num(metrics["auc"]),
-        "oof_logloss": _num(metrics["logloss"]), "oof_acc": _num(metrics["acc"]),
-        "n": int(len(oof)), "folds": cfg.finetune.folds,
-        "method": "threshold maximizing F1 on pooled out-of-fold probabilities (prob >= threshold -> fake)",
-    }
-    atomic_write_text(paths.threshold_json, json.dumps(record, indent=2))
-    return record
-
-
-def _num(value: float | None) -> float | None:
-    return None if value is None or (isinstance(value, float) and np.isnan(value)) else float(value)
 
 
 def run_finetune(cfg: Config, runtime: Runtime, paths: RunPaths, force: bool = False) -> None:
@@ -281,7 +280,8 @@ def run_finetune(cfg: Config, runtime: Runtime, paths: RunPaths, force: bool = F
         log.info("finetune: %d/%d folds finished; OOF and threshold wait for the rest", len(done), cfg.finetune.folds)
         return
     if runtime.is_main:
-        record = write_oof(cfg, paths)
-        log.info("finetune: OOF F1 %.4f AUC %s at threshold %.4f -> %s", record["oof_f1"], record["oof_auc"],
-                 record["threshold"], paths.threshold_json)
+        record = pool_oof(cfg, paths, runtime)
+        log.info("finetune: OOF AUC %.4f, F1 %.4f at threshold %.4f (%.1f%% called fake) -> %s",
+                 record["oof_auc"] or float("nan"), record["oof_f1"], record["threshold"],
+                 100 * record["oof_fake_share"], paths.threshold_json)
     runtime.barrier()

@@ -74,7 +74,8 @@ def test_diamonds_killed_then_rerun(finished: Path, tmp_path: Path) -> None:
     again = run_cli(args)
     assert again.returncode == 0, again.stderr
     table = pd.read_csv(out, dtype={"Id": str})
-    assert not table["Id"].duplicated().any()
+    assert not table.duplicated(["Id", "is_pseudo", "fold"]).any()  # per-fold diamonds: an Id once per fold
+    assert set(table.loc[table["is_pseudo"] == 1, "fold"]) == {0, 1}
 
 
 def test_disk_full_during_checkpoint_keeps_last_good(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

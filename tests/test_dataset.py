@@ -117,10 +117,23 @@ def test_too_few_per_class_for_folds() -> None:
 def test_pseudo_labels_checked(tmp_path: Path) -> None:
     path = tmp_path / "d.csv"
     path.write_text("Id,target_feature,is_pseudo\ntr0,1,0\nte0,1,1\nte1,0,1\n")
-    pseudo = read_pseudo_labels(path, {"tr0"}, {"te0", "te1"})
-    assert pseudo["Id"].tolist() == ["te0", "te1"]
+    pseudo, originals = read_pseudo_labels(path, {"tr0"}, {"te0", "te1"})
+    assert pseudo["Id"].tolist() == ["te0", "te1"] and pseudo["pseudo_fold"].tolist() == [-1, -1]
+    assert originals is None  # no fold column: ensemble diamonds for every fold
     path.write_text("Id,target_feature,is_pseudo\ntr0,1,1\n")
     with pytest.raises(DataValidationError, match="train Ids"):
+        read_pseudo_labels(path, {"tr0"}, {"te0"})
+
+
+def test_per_fold_pseudo_labels_carry_their_folds(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text("Id,target_feature,is_pseudo,fold\ntr0,1,0,0\ntr1,0,0,1\nte0,1,1,0\nte0,1,1,1\nte1,0,1,1\n")
+    pseudo, originals = read_pseudo_labels(path, {"tr0", "tr1"}, {"te0", "te1"})
+    assert pseudo.to_dict("list") == {"Id": ["te0", "te0", "te1"], "target": [1, 1, 0], "pseudo_fold": [0, 1, 1]}
+    assert originals is not None and originals.to_dict("list") == {"Id": ["tr0", "tr1"], "target": [1, 0],
+                                                                    "fold": [0, 1]}
+    path.write_text("Id,target_feature,is_pseudo,fold\ntr0,1,0,0\nte0,1,1,1\nte0,0,1,1\n")
+    with pytest.raises(DataValidationError, match="duplicate pseudo Ids"):
         read_pseudo_labels(path, {"tr0"}, {"te0"})
 
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 import make_diamonds
-from deepfake_pipeline.artifacts import RunPaths
+from deepfake_pipeline.artifacts import RunPaths, fold_rows, load_faces
 from deepfake_pipeline.cli import run_main
 from deepfake_pipeline.config import DiamondsConfig, load_config
 from deepfake_pipeline.diamonds import balanced_counts, class_cap, run_diamonds, select_diamonds
@@ -119,43 +118,66 @@ def test_make_diamonds_end_to_end(tiny_run: dict, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2/2 fold(s) finished" in proc.stderr
     frame = pd.read_csv(out, dtype={"Id": str})
-    assert list(frame.columns) == ["Id", "target_feature", "is_pseudo", "prob", "source_run", "config_hash"]
+    assert list(frame.columns) == ["Id", "target_feature", "is_pseudo", "prob", "fold", "source_run", "config_hash"]
     labels, clash = tiny_run["labels"], tiny_run["clash"]
     original = frame[frame["is_pseudo"] == 0]
     assert list(original["Id"]) == list(labels["Id"]) and original["prob"].isna().all()
     assert list(original["target_feature"]) == list(labels["target_feature"])
+    run_folds = pd.read_csv(tiny_run["run"] / "folds.csv", dtype={"Id": str}).set_index("Id")["fold"]
+    assert (original["fold"].to_numpy() == run_folds.loc[original["Id"]].to_numpy()).all()  # the run's folds
     pseudo = frame[frame["is_pseudo"] == 1]
     assert not set(pseudo["Id"]) & set(labels["Id"]), "diamonds never include train Ids"
     assert set(pseudo["Id"]) <= set(tiny_run["test_ids"]) - {clash}
-    assert len(pseudo) >= len(tiny_run["test_ids"]) - 3  # all but the clash (and a rare p within 1e-7 of 0.5)
-    assert ((pseudo["prob"] > 0.5) == (pseudo["target_feature"] == 1)).all()
+    assert set(pseudo["fold"]) == {0, 1}  # per fold: each fold model mines for its own fold
+    for k in (0, 1):
+        mined = pseudo[pseudo["fold"] == k]
+        assert len(mined) >= len(tiny_run["test_ids"]) - 3  # all but the clash (and a rare p within 1e-7 of 0.5)
+        assert ((mined["prob"] > 0.5) == (mined["target_feature"] == 1)).all()
     header = (tiny_run["run"] / "config.yaml").read_text().splitlines()
     finetune_hash = next(line.split(": ")[1] for line in header if line.startswith("# finetune settings hash"))
     assert (pseudo["config_hash"] == finetune_hash).all() and (pseudo["source_run"] == str(tiny_run["run"])).all()
     n_fake, n_real = int(pseudo["target_feature"].sum()), int((pseudo["target_feature"] == 0).sum())
-    n_test = len(tiny_run["test_ids"])
-    assert f"{n_fake + n_real} of {n_test} test images mined" in proc.stdout
+    assert f"{n_fake + n_real} rows mined on {len(tiny_run['test_ids'])} test images" in proc.stdout
     assert f"fake {n_fake} (" in proc.stdout and f"real {n_real} (" in proc.stdout
 
-    # The next round takes it through data.pseudo_labels: pseudo rows train only (fold -1).
+    # The next round takes it through data.pseudo_labels: the same folds, and fold k's diamonds train
+    # fold k only: they come from the round-1 model that never saw fold k's validation rows.
     cfg = load_config(tiny_run["config"], [f"data.pseudo_labels={out}", f"run.dir={tmp_path / 'round2'}"])
     folds = prepare_folds(cfg, RunPaths(tmp_path / "round2"), Runtime(torch.device("cpu")), force=False)
     extra = folds[folds["is_pseudo"] == 1]
-    assert sorted(extra["Id"]) == sorted(pseudo["Id"]) and (extra["fold"] == -1).all()
-    assert set(folds.loc[folds["fold"] >= 0, "Id"]) == set(labels["Id"])
+    assert len(extra) == len(pseudo) and (extra["fold"] == -1).all()
+    labelled = folds[folds["is_pseudo"] == 0].set_index("Id")["fold"]
+    assert labelled.loc[run_folds.index].equals(run_folds)  # round 1's folds kept
+    faces = load_faces(cfg)
+    for k in (0, 1):
+        train, val = fold_rows(folds, faces, k)
+        used = train[train["is_pseudo"] == 1]
+        assert sorted(used["Id"]) == sorted(pseudo.loc[pseudo["fold"] == k, "Id"])
+        assert (used["pseudo_fold"] == k).all() and not set(val["Id"]) & set(used["Id"])
 
     # Caps from another (current) config's diamonds section; the models still come from the run's config.
+    # Mined by the whole ensemble this time (per_fold false): one set for every fold.
     current = tmp_path / "round2.yaml"
     current.write_text("run: {name: round2, device: cpu, workers: 0, progress: false}\n"
                        "model: {backbone: convnextv2_nano}\n"
-                       "diamonds: {high: 0.5000001, low: 0.4999999, max_per_class: 2}\n")
+                       "diamonds: {high: 0.5000001, low: 0.4999999, max_per_class: 2, per_fold: false}\n")
     capped = tmp_path / "capped.csv"
     summary = run_diamonds(tiny_run["run"], config=current, out=capped)
     kept = pd.read_csv(capped, dtype={"Id": str}).query("is_pseudo == 1")
-    assert summary.kept == {"fake": min(2, n_fake), "real": min(2, n_real)}
-    top_fake = pseudo[pseudo["target_feature"] == 1].nlargest(2, "prob")["Id"]
-    assert set(top_fake) <= set(kept["Id"])
-    assert np.allclose(kept.set_index("Id")["prob"], pseudo.set_index("Id").loc[kept["Id"], "prob"])
+    assert (kept["fold"] == -1).all() and len(kept) == summary.total
+    assert summary.kept["fake"] <= 2 and summary.kept["real"] <= 2 and summary.total >= 2
+
+
+def test_nothing_mined_fails_loudly_and_writes_nothing(tiny_run: dict, tmp_path: Path) -> None:
+    out = tmp_path / "d.csv"
+    proc = run_cli(["make_diamonds.py", "--run", str(tiny_run["run"]), "--out", str(out),
+                    "--set", "diamonds.high=1.0", "--set", "diamonds.low=0.0"])
+    assert proc.returncode == 2 and "no diamonds" in proc.stderr and "--allow-empty" in proc.stderr
+    assert not out.exists()
+    proc = run_cli(["make_diamonds.py", "--run", str(tiny_run["run"]), "--out", str(out), "--allow-empty",
+                    "--set", "diamonds.high=1.0", "--set", "diamonds.low=0.0"])
+    assert proc.returncode == 0 and "no diamonds" in proc.stderr
+    assert (pd.read_csv(out)["is_pseudo"] == 0).all()
 
 
 def test_refuses_without_finished_folds(tiny_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -17,7 +17,7 @@ from deepfake_pipeline.cli import run_main
 from deepfake_pipeline.config import Config
 from deepfake_pipeline.errors import PipelineError
 from deepfake_pipeline.images import save_jpeg
-from deepfake_pipeline.predict import ensemble_logits, inference_runtime, load_run_config, sigmoid
+from deepfake_pipeline.trained import ensemble_logits, inference_runtime, load_run_config, sigmoid
 
 from .helpers import run_cli, tiny_config
 
@@ -37,7 +37,11 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, demo_root: Path) -> Path:
 
 
 def workspace(base: Path, tmp_path: Path) -> tuple[Path, list[str]]:
-    """Copies of the dataset, the faces and the run (weights only): (run dir, --set overrides)."""
+    """Copies of the dataset, the faces and the run (weights only): (run dir, --set overrides).
+
+    The run's calibrations for the one-view (fast) TTA are fitted first, as the reference fits them:
+    a copy without the aligned training faces could not fit them itself."""
+    reference(base, [0, 1])
     for name in ("dataset", "faces"):
         shutil.copytree(base / name, tmp_path / name)
     run = tmp_path / "run"

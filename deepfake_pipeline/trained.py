@@ -1,0 +1,318 @@
+"""A trained run, reopened: its saved config, finished folds, fold models, calibration and threshold.
+
+Everything that uses a run's models after training comes through here: the predict stage, the
+fine-tuning stage's out-of-fold step, diamonds, safe inference, export and the quality harness.
+Stages import this module, never each other.
+
+Calibration. A fold model's raw logits say little about probabilities: label smoothing caps them
+(0.1 trains towards 0.95/0.05), EMA and the length of training change their scale, and every fold
+has its own. So each fold model gets a Platt scaling, ``a * logit + b``, fitted on that fold's own
+validation faces, predicted exactly as test faces are (the ``predict.tta`` views, the input fit).
+The out-of-fold predictions are then what prediction computes for an image its model never saw,
+in calibrated log-odds on one scale for every fold; the fold ensemble averages those log-odds. The
+OOF threshold, ``test_probs.csv`` and the diamonds thresholds are all in these terms, and whenever
+``predict.tta`` changes the calibrations are refitted (a pass over the validation faces, no
+retraining).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .artifacts import RunPaths, fold_rows, load_faces
+from .augment import input_fit, parse_tta
+from .checkpoint import load_weights, read_done
+from .config import Config, load_config
+from .dataset import FaceDataset
+from .engine import make_loader, predict_logits
+from .errors import CheckpointError, PipelineError
+from .faults import failpoint
+from .images import atomic_write_text, save_csv
+from .metrics import best_f1_threshold, binary_metrics
+from .model import build_classifier
+from .runtime import Runtime, amp_policy, pick_device
+
+log = logging.getLogger(__name__)
+
+RUN_CONFIG_NAME = "config.yaml"
+CALIBRATION_NAME = "calibration.json"
+# Platt scaling's L2 penalty (sklearn's C): keeps the slope finite when a fold separates its
+# validation faces perfectly.
+PLATT_C = 1.0
+MAX_FITS = 8  # calibrations kept per fold (one per set of TTA views asked for)
+
+
+# ----------------------------------------------------------------------------- the saved config
+
+
+def run_config_path(run_dir: str | Path) -> Path:
+    """``<run>/config.yaml``, the resolved config train.py saved; PipelineError when missing."""
+    path = Path(run_dir) / RUN_CONFIG_NAME
+    if not path.is_file():
+        raise PipelineError(f"{path} not found: --run must be a run directory written by train.py (weights/<run>)")
+    return path
+
+
+def load_run_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (),
+                    config: str | Path | None = None) -> Config:
+    """The run's saved config (or ``config``) with ``overrides``; ``run.dir`` points at ``run_dir``
+    wherever the run was trained (runs can be moved or copied)."""
+    cfg = load_config(config if config is not None else run_config_path(run_dir), overrides)
+    cfg.run.dir = str(run_dir)
+    return cfg
+
+
+def run_settings_hashes(run_dir: str | Path) -> dict[str, str]:
+    """The ``# <stage> settings hash: <hex>`` header lines of a run's saved config."""
+    hashes = {}
+    for line in run_config_path(run_dir).read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        name, sep, value = line.lstrip("# ").partition(" settings hash: ")
+        if sep:
+            hashes[name.strip()] = value.strip()
+    return hashes
+
+
+def inference_runtime(device: str = "auto", amp: str = "auto", channels_last: bool = True) -> Runtime:
+    """A single-process runtime for inference; asked-for CUDA that is not there falls back to the CPU."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        log.warning("device %r asked for, but CUDA is not available: running on the CPU", device)
+        device = "cpu"
+    dev = pick_device(device)
+    dtype, _ = amp_policy(dev, amp)
+    return Runtime(dev, amp_dtype=dtype, channels_last=channels_last and dev.type == "cuda")
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Overflow-free logistic function."""
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(logits, dtype=np.float64)))
+
+
+# ----------------------------------------------------------------------------- folds and models
+
+
+def finished_folds(paths: RunPaths, n_folds: int) -> list[int]:
+    """Folds with ``done.json`` and ``best.safetensors``."""
+    return [k for k in range(n_folds) if read_done(paths.fold(k)) and paths.fold_weights(k).is_file()]
+
+
+def load_fold_model(cfg: Config, paths: RunPaths, k: int, runtime: Runtime) -> torch.nn.Module:
+    # The fold's weights replace everything: never fetch ImageNet weights just to overwrite them.
+    model = build_classifier(dataclasses.replace(cfg.model, pretrained=False, pretrained_file=None))
+    state = load_weights(paths.fold_weights(k))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{paths.fold_weights(k)} does not match model {cfg.model.backbone} "
+            f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})"
+        )
+    model = model.to(runtime.device).eval()
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def fold_logits(cfg: Config, model: torch.nn.Module, runtime: Runtime, image_paths: list[str],
+                tta: list[str] | None = None, batch_size: int | None = None, desc: str = "predict") -> np.ndarray:
+    """Raw logits of one fold model, mean over the TTA views, for aligned face files (float64)."""
+    views = parse_tta(cfg.predict.tta if tta is None else tta)
+    loader = make_loader(FaceDataset(image_paths), None, runtime, cfg.run.workers, cfg.run.seed,
+                         batch_size=batch_size or cfg.predict.batch_size)
+    return predict_logits(model, loader, runtime, input_fit(cfg.model), views, progress=cfg.run.progress,
+                          desc=desc).double().numpy()
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Platt scaling of one fold model: calibrated log-odds = ``a * logit + b``."""
+
+    a: float = 1.0
+    b: float = 0.0
+
+    def __call__(self, logits: np.ndarray) -> np.ndarray:
+        return self.a * np.asarray(logits, dtype=np.float64) + self.b
+
+
+def fit_platt(logits: np.ndarray, targets: np.ndarray) -> Calibration:
+    """Logistic regression of the targets on the logits (L2 ``PLATT_C``); identity for a single class."""
+    from sklearn.linear_model import LogisticRegression
+
+    y = np.asarray(targets).astype(int)
+    if y.min() == y.max():
+        return Calibration()
+    fit = LogisticRegression(C=PLATT_C, max_iter=1000).fit(np.asarray(logits, np.float64).reshape(-1, 1), y)
+    return Calibration(float(fit.coef_[0, 0]), float(fit.intercept_[0]))
+
+
+def _calibration_key(cfg: Config, paths: RunPaths, k: int) -> dict[str, object]:
+    """What a fold's calibration depends on: its finished weights and how prediction sees a face."""
+    done = read_done(paths.fold(k)) or {}
+    return {"fold_hash": done.get("hash"), "tta": list(cfg.predict.tta), "fit": cfg.model.fit,
+            "img_size": cfg.model.img_size}
+
+
+def _calibration_record(paths: RunPaths, k: int) -> dict:
+    """``fold<k>/calibration.json``: ``fits`` (one per key: TTA views, weights) and ``val_preds_key``,
+    the key of the predictions in ``val_preds.csv``; empty when missing or unreadable."""
+    try:
+        record = json.loads((paths.fold(k) / CALIBRATION_NAME).read_text())
+        return record if isinstance(record.get("fits"), list) else {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def read_calibration(cfg: Config, paths: RunPaths, k: int) -> Calibration | None:
+    """The fold's calibration fitted for these weights and TTA views, else None."""
+    key = _calibration_key(cfg, paths, k)
+    for fit in _calibration_record(paths, k).get("fits", []):
+        if fit.get("key") == key:
+            return Calibration(float(fit["a"]), float(fit["b"]))
+    return None
+
+
+def calibrate_fold(cfg: Config, paths: RunPaths, runtime: Runtime, k: int, model: torch.nn.Module | None = None,
+                   write_preds: bool = True) -> tuple[Calibration, pd.DataFrame]:
+    """Predict fold ``k``'s validation faces as prediction would (``predict.tta``), fit its calibration and
+    record it in ``fold<k>/calibration.json``; with ``write_preds`` also write ``val_preds.csv`` (Id,
+    fold, target, logit, prob = calibrated): the fold's share of the out-of-fold predictions."""
+    folds = pd.read_csv(paths.folds_csv, dtype={"Id": str})
+    _, val_rows = fold_rows(folds, load_faces(cfg), k)
+    if len(val_rows) == 0:
+        raise PipelineError(f"fold {k}: no usable validation faces to calibrate on")
+    if model is None:
+        model = load_fold_model(cfg, paths, k, runtime)
+    logits = fold_logits(cfg, model, runtime, list(val_rows["path"]), desc=f"OOF fold {k}")
+    targets = val_rows["target"].to_numpy().astype(int)
+    calibration = fit_platt(logits, targets)
+    preds = pd.DataFrame({"Id": val_rows["Id"], "fold": k, "target": targets, "logit": logits,
+                          "prob": sigmoid(calibration(logits))})
+    key = _calibration_key(cfg, paths, k)
+    record = _calibration_record(paths, k)
+    fits = [f for f in record.get("fits", []) if f.get("key") != key][-(MAX_FITS - 1):]
+    fits.append({"key": key, "a": calibration.a, "b": calibration.b, "n": int(len(preds))})
+    record.update(fits=fits, method="Platt scaling on this fold's validation faces, predicted with the TTA "
+                                    "views of its key")
+    if write_preds:
+        save_csv(paths.fold(k) / "val_preds.csv", preds)
+        record["val_preds_key"] = key
+    atomic_write_text(paths.fold(k) / CALIBRATION_NAME, json.dumps(record, indent=2))
+    return calibration, preds
+
+
+def saved_calibration(cfg: Config, paths: RunPaths, k: int) -> Calibration | None:
+    """The fold's calibration for these views, or else the one for its out-of-fold predictions (with a
+    warning; None when there is none): for inference that cannot refit (``safe_inference.py``)."""
+    current = read_calibration(cfg, paths, k)
+    if current is not None:
+        return current
+    record = _calibration_record(paths, k)
+    for fit in record.get("fits", []):
+        if fit.get("key") == record.get("val_preds_key"):
+            log.warning("fold %d: no calibration for TTA %s; using the one fitted for %s", k,
+                        ",".join(cfg.predict.tta), ",".join(fit["key"].get("tta", [])))
+            return Calibration(float(fit["a"]), float(fit["b"]))
+    return None
+
+
+def fold_calibration(cfg: Config, paths: RunPaths, runtime: Runtime, k: int) -> Calibration:
+    """The fold's calibration for these weights and views, fitted now when there is none."""
+    found = read_calibration(cfg, paths, k)
+    if found is not None:
+        return found
+    log.info("fold %d: fitting its calibration on its validation faces (TTA %s)", k, ",".join(cfg.predict.tta))
+    return calibrate_fold(cfg, paths, runtime, k, write_preds=False)[0]
+
+
+def _val_preds_current(cfg: Config, paths: RunPaths, k: int) -> bool:
+    record = _calibration_record(paths, k)
+    return (record.get("val_preds_key") == _calibration_key(cfg, paths, k)
+            and (paths.fold(k) / "val_preds.csv").is_file() and read_calibration(cfg, paths, k) is not None)
+
+
+# ----------------------------------------------------------------------------- OOF and threshold
+
+
+def pool_oof(cfg: Config, paths: RunPaths, runtime: Runtime) -> dict[str, object]:
+    """``oof.csv`` from every fold's calibrated validation predictions and ``threshold.json``: the
+    threshold maximising F1 on them. Folds whose calibration is stale are refitted first."""
+    parts = []
+    for k in range(cfg.finetune.folds):
+        if _val_preds_current(cfg, paths, k):
+            parts.append(pd.read_csv(paths.fold(k) / "val_preds.csv", dtype={"Id": str}))
+        else:
+            log.info("fold %d: out-of-fold predictions with TTA %s", k, ",".join(cfg.predict.tta))
+            parts.append(calibrate_fold(cfg, paths, runtime, k)[1])
+    oof = pd.concat(parts, ignore_index=True)[["Id", "fold", "target", "logit", "prob"]]
+    if oof["Id"].duplicated().any():
+        raise PipelineError("oof: an Id appears in two validation folds")
+    save_csv(paths.oof_csv, oof)
+    y, p = oof["target"].to_numpy(), oof["prob"].to_numpy()
+    threshold, f1 = best_f1_threshold(y, p)
+    metrics = binary_metrics(y, p, threshold=threshold)
+    raw = binary_metrics(y, sigmoid(oof["logit"].to_numpy()))
+    record = {
+        "threshold": float(threshold), "oof_f1": float(f1), "oof_auc": _num(metrics["auc"]),
+        "oof_logloss": _num(metrics["logloss"]), "oof_acc": _num(metrics["acc"]),
+        "oof_auc_uncalibrated": _num(raw["auc"]), "oof_fake_share": float(np.mean(p >= threshold)),
+        "n": int(len(oof)), "folds": cfg.finetune.folds, "tta": list(cfg.predict.tta),
+        "method": "threshold maximising F1 on pooled out-of-fold calibrated probabilities (each fold's "
+                  "validation faces predicted with the predict.tta views; prob >= threshold -> fake)",
+    }
+    atomic_write_text(paths.threshold_json, json.dumps(record, indent=2))
+    return record
+
+
+def oof_is_current(cfg: Config, paths: RunPaths) -> bool:
+    """threshold.json exists and every fold's out-of-fold predictions match its weights and the TTA views."""
+    if not (paths.threshold_json.is_file() and paths.oof_csv.is_file()):
+        return False
+    return all(_val_preds_current(cfg, paths, k) for k in range(cfg.finetune.folds))
+
+
+def read_threshold(paths: RunPaths) -> float:
+    if not paths.threshold_json.is_file():
+        raise PipelineError(f"{paths.threshold_json} not found: finish the finetune stage (all folds) first")
+    return float(json.loads(paths.threshold_json.read_text())["threshold"])
+
+
+def _num(value: float | None) -> float | None:
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) else float(value)
+
+
+# ----------------------------------------------------------------------------- the ensemble
+
+
+def ensemble_logits(
+    cfg: Config, paths: RunPaths, runtime: Runtime, folds: list[int], image_paths: list[str],
+    tta: list[str] | None = None, batch_size: int | None = None, per_fold: bool = False,
+) -> np.ndarray:
+    """Calibrated log-odds for each image (aligned face files): the mean over ``folds`` of each fold
+    model's calibrated TTA logit. ``per_fold``: the (n_folds, n_images) matrix instead of the mean.
+
+    Each fold's calibration is the one fitted for ``tta`` (``predict.tta`` when None); a fold without
+    one is calibrated on its validation faces first.
+    """
+    if tta is not None and list(tta) != list(cfg.predict.tta):
+        cfg = dataclasses.replace(cfg, predict=dataclasses.replace(cfg.predict, tta=list(tta)))
+    rows = []
+    for k in folds:
+        calibration = fold_calibration(cfg, paths, runtime, k)
+        model = load_fold_model(cfg, paths, k, runtime)
+        rows.append(calibration(fold_logits(cfg, model, runtime, image_paths, batch_size=batch_size,
+                                            desc=f"predict fold {k}")))
+        del model
+        failpoint("predict_fold")
+    matrix = np.stack(rows) if rows else np.zeros((0, len(image_paths)))
+    return matrix if per_fold else matrix.mean(axis=0) if rows else np.zeros(len(image_paths))
