@@ -21,6 +21,16 @@ settings (the align stage then only checks them), and ``runs/<tag>/`` the run di
 ``cross-<other>/`` and ``quality.json``. An SSL encoder finished by another run with the same SSL
 settings and faces is reused (``finetune.ssl_encoder``; ``--no-reuse-ssl`` trains a new one).
 
+The classic spectral baseline (``spectral_baseline.py``: radial FFT log power + logistic regression,
+Durall et al. 2020) runs in the same invocation on the same split and is scored the same way, twice:
+on the pipeline's aligned faces and on the raw images. It is a reference, never part of the pipeline.
+AUCs carry their standard error (Hanley & McNeil).
+
+Round 2: ``--diamonds-from TAG`` mines diamonds from the finished run TAG (``make_diamonds.py``'s
+code, per fold by default, the config's ``diamonds`` thresholds) and trains this run with them
+(``data.pseudo_labels``; TAG's SSL encoder when the recipe uses one). The row says how many rows were
+mined and how many of them are correct (the harness knows the test labels; the pipeline never sees them).
+
 One result row per run goes to ``--results`` (default benchmarks/RESULTS.md) under the heading
 ``## Detection quality``: a markdown table whose heading and header are written once.
 """
@@ -48,6 +58,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from _common import cpu_name  # noqa: E402
 
@@ -58,17 +69,18 @@ from deepfake_pipeline.errors import PipelineError  # noqa: E402
 HEADING = "## Detection quality"
 PREAMBLE = """\
 Whole-pipeline quality (align -> SSL -> fine-tune -> predict) on the real face datasets of
-`../shared/datasets` (see the README there), one row per `benchmarks/quality.py` run: test AUC, F1 and
-accuracy scored against the dataset's `test_solution.csv` with `deepfake_pipeline.score` (F1 and accuracy
-at the pooled out-of-fold threshold); *cross* = the same fold models on the other dataset's test images.
-Times are wall seconds per stage. Rows whose device is a CPU come from the shared 2-core VM without a
-GPU: a small backbone at 128 px for a few epochs, so they measure the pipeline at that size, not the
-recipe (512 px on a GPU); the issue's targets (lfw_swap AUC >= 0.95, rfff >= 0.80, cross >= 0.75) are
-for a GPU at 384-512 px."""
+`../shared/datasets` (see the README there), one row per `benchmarks/quality.py` run: test AUC (with
+its standard error), F1 and accuracy scored against the dataset's `test_solution.csv` with
+`deepfake_pipeline.score` (F1 and accuracy at the pooled out-of-fold threshold); *cross* = the same
+fold models on the other dataset's test images. *baseline* = the classic spectral detector
+(`benchmarks/spectral_baseline.py`) in the same invocation on the same split, on the aligned faces /
+on the raw images. *pipeline s* = align + SSL + fine-tune + predict wall seconds (the budget); the
+baseline and the cross-dataset scoring come on top."""
 COLUMNS = [
     "date", "dataset", "cross", "tag", "config + overrides", "device", "backbone", "px", "epochs ssl/ft",
-    "folds", "align s", "ssl s", "finetune s", "predict s", "cross s", "total s", "OOF AUC", "test AUC",
-    "test F1", "test acc", "cross AUC", "cross F1", "cross acc", "notes", "command",
+    "folds", "align s", "ssl s", "finetune s", "predict s", "pipeline s", "OOF AUC", "test AUC", "test F1",
+    "test acc", "baseline test AUC (faces / raw)", "cross AUC", "cross F1", "cross acc",
+    "baseline cross AUC (faces / raw)", "notes", "command",
 ]
 DEFAULT_DATASETS = REPO.parent / "shared" / "datasets"
 DEFAULT_SCRATCH = Path("/tmp/quality")
@@ -359,6 +371,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue an existing run folder of this tag "
                    "(stage times then cover this invocation only)")
     p.add_argument("--no-reuse-ssl", action="store_true", help="train this run's own SSL encoder")
+    p.add_argument("--diamonds-from", metavar="TAG", help="round 2: mine diamonds from the finished run TAG "
+                   "(same scratch folder) and train with them")
     p.add_argument("--note", default="", help="free text for the notes column")
     return p.parse_args(argv)
 
@@ -398,35 +412,49 @@ def run(args: argparse.Namespace, command: str) -> int:
         notes.append(f"faces already aligned ({summary.reused} images)")
 
     sets = list(plan.sets)
+    source: Path | None = None
+    if args.diamonds_from:
+        source = plan.scratch / "runs" / safe_tag(args.diamonds_from)
+        seconds, mined = run_stage("diamonds", plan, lambda: mine_diamonds(plan, source))
+        sets.append(f"data.pseudo_labels={plan.run_dir / 'diamonds.csv'}")
+        notes.append(f"round 2: {mined['rows']} diamonds from run {source.name} ({mined['per_fold']}), "
+                     f"{mined['correct']} correct ({mined['seconds']:.0f} s)")
     if cfg.finetune.init != "ssl" or not cfg.ssl.enabled:
         times["ssl"] = "-"
         sets.append("ssl.enabled=false")  # nothing reads an encoder
-        if cfg.finetune.init == "ssl":
+        if cfg.finetune.init == "ssl" and source is None:
             notes.append("ssl.enabled=false with init=ssl: finetune.ssl_encoder must be set")
     else:
         encoder = None if (args.no_reuse_ssl or cfg.finetune.ssl_encoder) else reusable_encoder(plan)
+        if source is not None and (source / "ssl" / "encoder.safetensors").is_file():
+            encoder = source / "ssl" / "encoder.safetensors"  # round 2 starts from round 1's encoder
         if encoder is not None:
             sets += [f"finetune.ssl_encoder={encoder}", "ssl.enabled=false"]
             times["ssl"] = "reused"
-            notes.append(f"SSL encoder reused from run {encoder.parent.parent.name} (same SSL settings and faces)")
+            notes.append(f"SSL encoder reused from run {encoder.parent.parent.name}")
         else:
             seconds, _ = run_stage("ssl", plan, lambda: train(plan, sets, "ssl"))
             times["ssl"] = f"{seconds:.0f}"
     for stage in ("finetune", "predict"):
         seconds, _ = run_stage(stage, plan, lambda: train(plan, sets, stage))  # noqa: B023 (called at once)
         times[stage] = f"{seconds:.0f}"
+    pipeline_s = time.perf_counter() - started
     test = score_run(plan.run_dir, plan.dataset)
     threshold = json.loads((plan.run_dir / "threshold.json").read_text())
+    n_pos_test, n_neg_test = class_counts(plan.dataset / "test_solution.csv")
+    oof = pd.read_csv(plan.run_dir / "oof.csv")
+    n_pos_oof, n_neg_oof = int(oof["target"].sum()), int((oof["target"] == 0).sum())
 
     cross: dict[str, float] = {}
     if plan.cross is not None and plan.cross_faces is not None:
         cross_sets = [*plan.sets, f"data.root={plan.cross}", f"align.out={plan.cross_faces}"]  # later sets win
         align_s, _ = run_stage("cross-align", plan, lambda: align(plan, cross_sets, "test"))
         predict_s, cross = run_stage("cross-predict", plan, lambda: predict_cross(plan))
-        times["cross"] = f"{align_s:.0f} + {predict_s:.0f}"
         if cross.get("unaligned"):
             notes.append(f"{int(cross['unaligned'])} cross test images unreadable: train prior")
+    base_s, base = run_stage("baseline", plan, lambda: run_baseline(plan))
     total = time.perf_counter() - started
+    n_pos_cross, n_neg_cross = class_counts(plan.cross / "test_solution.csv") if plan.cross else (0, 0)
 
     row = {
         "date": datetime.date.today().isoformat(),
@@ -434,23 +462,106 @@ def run(args: argparse.Namespace, command: str) -> int:
         "config + overrides": " ".join([_rel(plan.config), *plan.user_sets]),
         "device": device_text(cfg, args.threads, (load_start, os.getloadavg()[0])), "backbone": cfg.model.backbone
         + ("" if cfg.model.channels == ["rgb", "fft", "srm"] else f" ({'+'.join(cfg.model.channels)})"),
-        "px": cfg.model.img_size,
+        "px": f"{cfg.model.img_size} ({cfg.model.fit} of {cfg.align.size}{'' if cfg.align.resize else ' native'})",
         "epochs ssl/ft": f"{cfg.ssl.epochs if times['ssl'] not in ('-',) else 0}/{cfg.finetune.epochs}",
         "folds": cfg.finetune.folds, "align s": times["align"], "ssl s": times["ssl"],
-        "finetune s": times["finetune"], "predict s": times["predict"], "cross s": times.get("cross", "-"),
-        "total s": f"{total:.0f}", "OOF AUC": threshold.get("oof_auc"),
-        "test AUC": test.get("auc"), "test F1": test.get("f1"), "test acc": test.get("acc"),
-        "cross AUC": cross.get("auc"), "cross F1": cross.get("f1"), "cross acc": cross.get("acc"),
-        "notes": "; ".join(notes) or "-", "command": f"`{command}`",
+        "finetune s": times["finetune"], "predict s": times["predict"], "pipeline s": f"{pipeline_s:.0f}",
+        "OOF AUC": with_se(threshold.get("oof_auc"), n_pos_oof, n_neg_oof),
+        "test AUC": with_se(test.get("auc"), n_pos_test, n_neg_test), "test F1": test.get("f1"),
+        "test acc": test.get("acc"),
+        "baseline test AUC (faces / raw)": f"{fmt(base['test']['faces'])} / {fmt(base['test']['raw'])}",
+        "cross AUC": with_se(cross.get("auc"), n_pos_cross, n_neg_cross) if cross else None,
+        "cross F1": cross.get("f1"), "cross acc": cross.get("acc"),
+        "baseline cross AUC (faces / raw)": f"{fmt(base['cross']['faces'])} / {fmt(base['cross']['raw'])}"
+        if cross else None,
+        "notes": "; ".join(notes + [f"total with cross and baseline {total:.0f} s"]) or "-",
+        "command": f"`{command}`",
     }
     (plan.run_dir / "quality.json").write_text(json.dumps(
-        {"row": row, "test": test, "cross": cross, "threshold": threshold, "sets": plan.sets}, indent=2, default=str))
+        {"row": row, "test": test, "cross": cross, "threshold": threshold, "baseline": base, "sets": sets},
+        indent=2, default=str))
     append_row(Path(args.results), row)
-    print(f"[quality] {plan.tag}: test AUC {fmt(test.get('auc'))} F1 {fmt(test.get('f1'))} acc {fmt(test.get('acc'))}"
-          + (f" | cross {plan.cross.name} AUC {fmt(cross.get('auc'))} F1 {fmt(cross.get('f1'))} "
-             f"acc {fmt(cross.get('acc'))}" if cross else "")
-          + f" | {total:.0f} s -> {args.results}", flush=True)
+    print(f"[quality] {plan.tag}: test AUC {row['test AUC']} F1 {fmt(test.get('f1'))} acc {fmt(test.get('acc'))} "
+          f"(baseline {row['baseline test AUC (faces / raw)']})"
+          + (f" | cross {plan.cross.name} AUC {row['cross AUC']} (baseline {row['baseline cross AUC (faces / raw)']})"
+             if cross else "")
+          + f" | pipeline {pipeline_s:.0f} s, total {total:.0f} s -> {args.results}", flush=True)
     return 0
+
+
+def class_counts(solution: Path) -> tuple[int, int]:
+    y = pd.read_csv(solution)["target_feature"]
+    return int((y == 1).sum()), int((y == 0).sum())
+
+
+def with_se(auc: float | None, n_pos: int, n_neg: int) -> str | None:
+    """``0.9512 ± 0.0081``: the AUC and its standard error (Hanley & McNeil)."""
+    from deepfake_pipeline.metrics import auc_standard_error
+
+    if auc is None:
+        return None
+    return f"{fmt(auc)} ± {auc_standard_error(auc, n_pos, n_neg):.4f}"
+
+
+def run_baseline(plan: Plan) -> dict[str, dict[str, float | None]]:
+    """The spectral baseline on the same train/test split: on the aligned faces and on the raw images,
+    each scored on the test set and (the same model) on the cross dataset's test set."""
+    import spectral_baseline as sb
+
+    from deepfake_pipeline.metrics import binary_metrics
+
+    def aligned(faces_root: Path, split: str, ids: list[str]) -> list[str] | None:
+        table = pd.read_csv(faces_root / "faces.csv", dtype={"Id": str}, keep_default_na=False)
+        table = table[(table["split"] == split) & (table["path"] != "")].set_index("Id")["path"]
+        if not set(ids) <= set(table.index):
+            return None  # unreadable images: no aligned face for every row
+        return [p if Path(p).is_absolute() else str(faces_root / p) for p in table.loc[ids]]
+
+    def raw(root: Path, split: str, ids: list[str]) -> list[str]:
+        files = {p.stem: str(p) for p in (root / f"{split}_images").iterdir()}
+        return [files[i] for i in ids]
+
+    train = pd.read_csv(plan.dataset / "train_solution.csv", dtype={"Id": str})
+    test = pd.read_csv(plan.dataset / "test_solution.csv", dtype={"Id": str})
+    cross = pd.read_csv(plan.cross / "test_solution.csv", dtype={"Id": str}) if plan.cross else None
+    out: dict[str, dict[str, float | None]] = {"test": {}, "cross": {}}
+    for kind in ("faces", "raw"):
+        if kind == "faces":
+            paths = (aligned(plan.faces, "train", list(train["Id"])), aligned(plan.faces, "test", list(test["Id"])),
+                     aligned(plan.cross_faces, "test", list(cross["Id"])) if cross is not None and plan.cross_faces
+                     else None)
+        else:
+            paths = (raw(plan.dataset, "train", list(train["Id"])), raw(plan.dataset, "test", list(test["Id"])),
+                     raw(plan.cross, "test", list(cross["Id"])) if cross is not None and plan.cross else None)
+        if paths[0] is None or paths[1] is None:
+            out["test"][kind] = out["cross"][kind] = None
+            continue
+        train_x = sb.features(paths[0])
+        y = train["target_feature"].to_numpy()
+        out["test"][kind] = binary_metrics(test["target_feature"], sb.fit_predict(train_x, y, sb.features(paths[1])))["auc"]
+        if paths[2] is not None and cross is not None:
+            out["cross"][kind] = binary_metrics(cross["target_feature"],
+                                                sb.fit_predict(train_x, y, sb.features(paths[2])))["auc"]
+        else:
+            out["cross"][kind] = None
+    return out
+
+
+def mine_diamonds(plan: Plan, source: Path) -> dict[str, Any]:
+    """``make_diamonds.py --run SOURCE --config CONFIG``: this run's diamonds section, the source's models;
+    scored against the test labels for the row (never shown to the pipeline)."""
+    from deepfake_pipeline.diamonds import run_diamonds
+
+    if not (source / "threshold.json").is_file():
+        raise QualityError(f"--diamonds-from: {source} is not a finished run of this scratch folder")
+    start = time.perf_counter()
+    summary = run_diamonds(source, config=plan.config, overrides=[*plan.user_sets, f"run.name={plan.tag}"],
+                           out=plan.run_dir / "diamonds.csv")
+    mined = pd.read_csv(plan.run_dir / "diamonds.csv", dtype={"Id": str}).query("is_pseudo == 1")
+    truth = pd.read_csv(plan.dataset / "test_solution.csv", dtype={"Id": str}).set_index("Id")["target_feature"]
+    correct = int((mined["target_feature"].to_numpy() == truth.loc[mined["Id"]].to_numpy()).sum())
+    return {"rows": len(mined), "correct": correct, "seconds": time.perf_counter() - start,
+            "per_fold": "per fold" if summary.per_fold else "by the ensemble"}
 
 
 def _rel(path: Path) -> str:

@@ -53,6 +53,7 @@ from .faces import (
     resolve_device,
 )
 from .images import atomic_write_text, read_image, save_csv, save_jpeg
+from .runtime import show_progress
 
 log = logging.getLogger(__name__)
 
@@ -582,7 +583,7 @@ def _process(todo: list[Item], cfg: Config, out: Path, digest: str, journal: Jou
             journal.append(fut.result())  # only after the JPEG is in place
 
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="align-write") as writers, \
-            tqdm(total=len(todo), unit="img", desc="align", disable=not cfg.run.progress) as bar:
+            tqdm(total=len(todo), unit="img", desc="align", disable=not show_progress(cfg.run.progress)) as bar:
         for index, dec, faces in detect_stream(todo, cfg):
             pending.add(writers.submit(_finish, todo[index], dec, faces, cfg, out, digest))
             bar.update(1)

@@ -23,6 +23,7 @@ from kornia.geometry.transform import rotate
 from torch import Tensor, nn
 
 from .config import AugConfig, ModelConfig
+from .dataset import JpegReencode
 from .errors import ConfigError
 
 # Not in AugConfig: the blur's kernel side and its sigma range (drawn per image).
@@ -93,8 +94,8 @@ def build_train_augment(aug: AugConfig) -> TrainAugment:
     """Kornia chain from the config; each field is a per-image probability and 0 drops that op.
 
     Order: hflip -> affine (rotate/scale/translate, reflection padding) -> colour jitter ->
-    Gaussian blur -> JPEG re-compression -> cutout. JPEG quality is drawn uniformly (a float) in
-    ``aug.jpeg_quality``; kornia's RandomJPEG is a differentiable JPEG model, not libjpeg.
+    Gaussian blur -> cutout. JPEG re-compression (``aug.jpeg``) is not here: the loader workers do it
+    with libjpeg (:func:`train_jpeg`), before the face reaches the device.
     """
     _check_aug(aug)
     ops: list[nn.Module] = []
@@ -119,14 +120,18 @@ def build_train_augment(aug: AugConfig) -> TrainAugment:
         ops.append(
             K.RandomGaussianBlur((BLUR_KERNEL, BLUR_KERNEL), BLUR_SIGMA, border_type="reflect", p=aug.blur)
         )
-    if aug.jpeg > 0:
-        ops.append(
-            K.RandomJPEG(jpeg_quality=(float(aug.jpeg_quality[0]), float(aug.jpeg_quality[1])), p=aug.jpeg)
-        )
     if aug.cutout > 0:
         lo = min(CUTOUT_MIN_FRAC, aug.cutout_frac)
         ops.append(K.RandomErasing(scale=(lo, aug.cutout_frac), ratio=(0.3, 3.3), value=0.0, p=aug.cutout))
     return TrainAugment(ops)
+
+
+def train_jpeg(aug: AugConfig, seed: int) -> JpegReencode | None:
+    """The loader-side JPEG re-encoding of ``aug`` (None when ``aug.jpeg`` is 0)."""
+    _check_aug(aug)
+    if aug.jpeg <= 0:
+        return None
+    return JpegReencode(aug.jpeg, (int(aug.jpeg_quality[0]), int(aug.jpeg_quality[1])), seed)
 
 
 def resize_batch(x: Tensor, size: int) -> Tensor:

@@ -101,8 +101,8 @@ class AugConfig:
     saturation: float = 0.2
     hue: float = 0.02
     blur: float = 0.1
-    jpeg: float = 0.3
-    jpeg_quality: list[int] = field(default_factory=lambda: [50, 95])
+    jpeg: float = 0.3  # share of faces re-encoded with libjpeg in the loader workers
+    jpeg_quality: list[int] = field(default_factory=lambda: [50, 95])  # drawn per face, inclusive
     cutout: float = 0.2
     cutout_frac: float = 0.25
     sbi: float = 0.0  # share of real faces turned into self-blended pseudo-fakes
@@ -170,7 +170,9 @@ class RunConfig:
     dir: str = "weights/${run.name}"
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"  # auto (bf16 where supported, else fp16 + GradScaler; fp32 on CPU) | bf16 | fp16 | off
+    # auto: bf16 on GPUs with bf16 in hardware, else fp16 + GradScaler; fp32 on the CPU. bf16 | fp16 | off:
+    # as asked, on any device (the CPU runs both: the tests use that).
+    amp: str = "auto"
     channels_last: bool = True  # on CUDA only
     compile: bool = False
     workers: int = 4

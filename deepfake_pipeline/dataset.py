@@ -53,7 +53,9 @@ def list_images(folder: Path) -> tuple[dict[str, Path], list[str], list[str]]:
     """Map Id (file stem) -> path for the image files in ``folder``.
 
     Returns (images, errors, warnings). Files with other extensions are skipped with a warning;
-    two files with one stem (``a.jpg`` and ``a.png``) are an error. Hidden files are ignored.
+    two files with one stem (``a.jpg`` and ``a.png``) are an error. Hidden files are ignored, and so
+    are other folders; a folder named like an image (``123.jpg/``) is kept as the image it pretends
+    to be, with a warning: it cannot be read, so alignment records it as unreadable by name.
     """
     images: dict[str, Path] = {}
     errors: list[str] = []
@@ -61,9 +63,14 @@ def list_images(folder: Path) -> tuple[dict[str, Path], list[str], list[str]]:
     if not folder.is_dir():
         return images, [f"{folder}: folder not found"], warnings
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.is_dir():
+        if path.name.startswith("."):
             continue
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        if path.is_dir():
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
+                warnings.append(f"{path}: a directory named like an image, recorded as unreadable")
+            else:
+                continue
+        elif path.suffix.lower() not in IMAGE_EXTENSIONS:
             warnings.append(f"{path}: not an image extension, skipped")
             continue
         if path.stem in images:
@@ -250,25 +257,57 @@ def make_folds(labels: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
     return out
 
 
+@dataclass(frozen=True)
+class JpegReencode:
+    """Re-encode a share ``p`` of the images with libjpeg at a quality drawn from ``quality`` (lo, hi).
+
+    The real codec, in the loader workers (kornia's RandomJPEG is a differentiable model of it that
+    costs most of a CPU training step). Its draws come from (seed, epoch, index) alone, so a resumed
+    run and any number of workers re-encode exactly the same images the same way.
+    """
+
+    p: float
+    quality: tuple[int, int]
+    seed: int
+
+    def __call__(self, image: torch.Tensor, index: int, epoch: int) -> torch.Tensor:
+        from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
+
+        from .runtime import derive_seed
+
+        rng = np.random.default_rng(derive_seed(self.seed, "jpeg", epoch, index))
+        hit, q = rng.random() < self.p, int(rng.integers(self.quality[0], self.quality[1] + 1))
+        if not hit:
+            return image
+        return decode_jpeg(encode_jpeg(image.contiguous(), quality=q), mode=ImageReadMode.RGB)
+
+
 class FaceDataset(Dataset):
     """Decodes aligned face JPEGs to uint8 CHW tensors (in DataLoader workers).
 
     Items are (image uint8 3xHxW, target float, index). Aligned faces are all written by the
     project at one size; a file that is not a plain JPEG falls back to the robust reader, and an
     unreadable one raises :class:`ImageReadError` naming the file (never a zero tensor).
+
+    The training loop asks for ``(index, epoch)`` keys (``engine.EpochBatches``): with ``jpeg`` set,
+    those images are re-encoded (:class:`JpegReencode`); plain integer keys (validation, prediction)
+    never are.
     """
 
-    def __init__(self, paths: list[str], targets: np.ndarray | None = None, size: int | None = None):
+    def __init__(self, paths: list[str], targets: np.ndarray | None = None, size: int | None = None,
+                 jpeg: JpegReencode | None = None):
         self.paths = list(paths)
         self.targets = (
             np.asarray(targets, dtype=np.float32) if targets is not None else np.full(len(paths), -1.0, np.float32)
         )
         self.size = size
+        self.jpeg = jpeg if jpeg is not None and jpeg.p > 0 else None
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        index, epoch = (key, None) if isinstance(key, (int, np.integer)) else key
         path = self.paths[index]
         image = decode_face(path)
         if self.size is not None and (image.shape[1] != self.size or image.shape[2] != self.size):
@@ -276,7 +315,9 @@ class FaceDataset(Dataset):
                 image[None].float(), size=(self.size, self.size), mode="bilinear", antialias=True,
                 align_corners=False,
             )[0].round().clamp(0, 255).to(torch.uint8)
-        return image, torch.tensor(self.targets[index]), index
+        if self.jpeg is not None and epoch is not None:
+            image = self.jpeg(image, int(index), int(epoch))
+        return image, torch.tensor(self.targets[index]), int(index)
 
 
 def decode_face(path: str) -> torch.Tensor:

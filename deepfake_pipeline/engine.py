@@ -37,7 +37,7 @@ from .config import OptimConfig
 from .faults import failpoint
 from .images import atomic_write_text, remove_stale_temps
 from .model import param_groups
-from .runtime import Runtime, derive_seed, step_seed
+from .runtime import Runtime, derive_seed, show_progress, step_seed
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +89,12 @@ class ModelEma(nn.Module):
 # ----------------------------------------------------------------------------- data
 
 
-class EpochBatches(Sampler[list[int]]):
+class EpochBatches(Sampler[list[tuple[int, int]]]):
     """Batches of one rank's share of an epoch, starting after ``skip`` already-done batches.
 
     Wraps DistributedSampler (the (seed, epoch) permutation, split over ranks); the loop sets
     ``epoch`` and ``skip`` before iterating, in the main process, so persistent workers see it.
+    Each key is ``(index, epoch)``: loader-side augmentation (``dataset.JpegReencode``) draws from it.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, runtime: Runtime, seed: int, shuffle: bool = True):
@@ -114,10 +115,10 @@ class EpochBatches(Sampler[list[int]]):
     def __len__(self) -> int:
         return self.num_batches - self.skip
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         order = list(self.sampler)
         for b in range(self.skip, self.num_batches):
-            yield order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield [(i, self.epoch) for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
 
 
 def make_loader(
@@ -233,12 +234,17 @@ class TrainLoop:
         groups = param_groups(self.model, opt.weight_decay, opt.layer_decay)
         fused = runtime.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(groups, lr=self.base_lr, betas=tuple(opt.betas), fused=fused)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=runtime.use_scaler)
+        self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.use_scaler)
 
+        # train_module runs the forward pass: the model, in DDP, compiled. The DDP wrapper is kept
+        # apart: a compiled module is no DistributedDataParallel instance, and its no_sync() is the
+        # one that skips the all-reduce of accumulation micro-batches.
         self.train_module: nn.Module = self.model
+        self.ddp: DistributedDataParallel | None = None
         if runtime.distributed:
             ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-            self.train_module = DistributedDataParallel(self.model, device_ids=ids)
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
+            self.train_module = self.ddp
         if spec.compile:
             self.train_module = torch.compile(self.train_module)
 
@@ -341,6 +347,31 @@ class TrainLoop:
         self.step += 1
         self.last_lr = lr
 
+    def train_micro_step(self, images: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor,
+                         boundary: bool) -> int:
+        """One micro-batch of the current epoch: reseed from (seed, rank, epoch, index), uint8 -> float on
+        the device, ``prepare`` under no_grad, autocast forward + loss, scaled backward of loss / accum
+        (no all-reduce before an accumulation ``boundary``), the loss summed on the device, and the
+        optimizer step at the boundary. Returns the number of images trained on."""
+        spec, rt = self.spec, self.rt
+        with step_seed(spec.seed, rt.rank, self.epoch, self.micro_done):
+            with torch.no_grad():
+                x = to_device_float(images, rt)
+                y = targets.to(rt.device, non_blocking=True)
+                if self.prepare is not None:
+                    x, y = self.prepare(x, y, indices)
+            skip_sync = self.ddp is not None and not boundary
+            with self.ddp.no_sync() if skip_sync else contextlib.nullcontext():  # type: ignore[union-attr]
+                with rt.autocast():
+                    loss = self.compute_loss(self.train_module, x, y)
+                self.scaler.scale(loss / self.accum).backward()
+        self.loss_sum += loss.detach().double()
+        self.loss_count += 1
+        self.micro_done += 1
+        if boundary:
+            self._optimizer_step()
+        return int(x.shape[0])
+
     def run(self, resume: bool = True) -> dict[str, Any]:
         spec, rt = self.spec, self.rt
         spec.out_dir.mkdir(parents=True, exist_ok=True)
@@ -358,34 +389,17 @@ class TrainLoop:
             self.model.train()
             bar = tqdm(
                 total=n_micro, initial=self.micro_done, desc=f"{spec.name} epoch {self.epoch + 1}/{spec.epochs}",
-                disable=not (spec.progress and rt.is_main), leave=False, dynamic_ncols=True,
+                disable=not (show_progress(spec.progress) and rt.is_main), leave=False, dynamic_ncols=True,
             )
             for images, targets, indices in self.loader:
-                index = self.micro_done
-                boundary = (index + 1) % self.accum == 0 or index + 1 == n_micro
-                with step_seed(spec.seed, rt.rank, self.epoch, index):
-                    with torch.no_grad():
-                        x = to_device_float(images, rt)
-                        y = targets.to(rt.device, non_blocking=True)
-                        if self.prepare is not None:
-                            x, y = self.prepare(x, y, indices)
-                    sync = boundary or not isinstance(self.train_module, DistributedDataParallel)
-                    ctx = self.train_module.no_sync() if not sync else contextlib.nullcontext()
-                    with ctx:
-                        with rt.autocast():
-                            loss = self.compute_loss(self.train_module, x, y)
-                        self.scaler.scale(loss / self.accum).backward()
-                self.loss_sum += loss.detach().double()
-                self.loss_count += 1
-                images_seen += x.shape[0]
-                self.micro_done += 1
+                boundary = (self.micro_done + 1) % self.accum == 0 or self.micro_done + 1 == n_micro
+                images_seen += self.train_micro_step(images, targets, indices, boundary)
                 if boundary:
-                    self._optimizer_step()
                     failpoint("step")
                     if spec.save_every and self.step % spec.save_every == 0 and self.micro_done < n_micro:
                         self.save()
                 bar.update(1)
-                if self.micro_done % 25 == 0:
+                if not bar.disable and self.micro_done % 25 == 0:  # a host sync: only where it is shown
                     bar.set_postfix(loss=f"{(self.loss_sum / max(1, self.loss_count)).item():.4f}")
             bar.close()
             record = self._finish_epoch(images_seen, time.time() - epoch_start)
@@ -451,7 +465,7 @@ def predict_logits(
     """Mean logit over ``views`` (TTA) for every item of ``loader``, in loader order (CPU, float32)."""
     model.eval()
     out = []
-    for images, _, _ in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+    for images, _, _ in tqdm(loader, desc=desc, disable=not show_progress(progress), leave=False, dynamic_ncols=True):
         # stays on the device: one copy at the end, no per-batch sync
         out.append(batch_logits(model, images, runtime, fit, views))
     return torch.cat(out).cpu() if out else torch.zeros(0)

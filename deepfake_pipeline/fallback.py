@@ -36,7 +36,7 @@ from .engine import batch_logits
 from .errors import CheckpointError, DataValidationError, PipelineError
 from .faces import FaceDetector, centre_box, choose, detection_copy, letterbox, look_closer, make_crop
 from .images import read_image, save_csv, save_jpeg
-from .runtime import Runtime
+from .runtime import Runtime, show_progress
 from .submission import validate_submission
 from .trained import (
     Calibration,
@@ -304,7 +304,7 @@ def predict_files(predictor: SafePredictor, paths: list[Path], size: int, worker
     model_errors: list[str | None] = [None] * len(paths)
     loader = DataLoader(_FaceFiles(paths, size), batch_size=max(1, chunk), shuffle=False, num_workers=workers,
                         collate_fn=_as_list)
-    for batch in tqdm(loader, desc="safe predict", disable=not progress, leave=False, dynamic_ncols=True):
+    for batch in tqdm(loader, desc="safe predict", disable=not show_progress(progress), leave=False, dynamic_ncols=True):
         good = [(i, img) for i, img, err in batch if img is not None]
         for i, _, err in batch:
             if err is not None:

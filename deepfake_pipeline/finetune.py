@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .artifacts import RunPaths, faces_fingerprint, fold_rows, load_faces
-from .augment import InputFit, build_train_augment, input_fit
+from .augment import InputFit, build_train_augment, input_fit, train_jpeg
 from .checkpoint import load_weights, read_done, save_weights, write_done
 from .config import Config, stage_hash
 from .dataset import FaceDataset, load_layout, make_folds, read_pseudo_labels
@@ -217,7 +217,8 @@ def train_fold(
     if len(val_rows) == 0 or len(train_rows) == 0:
         raise PipelineError(f"fold {k}: no usable images in its training or validation part")
 
-    train_set = FaceDataset(list(train_rows["path"]), train_rows["target"].to_numpy())
+    train_set = FaceDataset(list(train_rows["path"]), train_rows["target"].to_numpy(),
+                            jpeg=train_jpeg(cfg.finetune.aug, derive_seed(cfg.run.seed, "fold", k)))
     val_set = FaceDataset(list(val_rows["path"]), val_rows["target"].to_numpy())
     val_loader = make_loader(val_set, None, runtime, cfg.run.workers, cfg.run.seed, batch_size=cfg.predict.batch_size)
 
@@ -247,7 +248,7 @@ def train_fold(
         progress=cfg.run.progress, select_metric=cfg.finetune.select_metric,
     )
     n_pseudo = int(train_rows["is_pseudo"].sum())
-    log.info("fold %d/%d: train %d (%d pseudo), val %d, %s", k + 1, cfg.finetune.folds, len(train_rows), n_pseudo,
+    log.info("fold %d (of %d): train %d (%d pseudo), val %d, %s", k, cfg.finetune.folds, len(train_rows), n_pseudo,
              len(val_rows), runtime.describe())
     loop = TrainLoop(spec, runtime, model, train_set, compute_loss, prepare=prepare, evaluate=validator.evaluate,
                      on_best=validator.save_best)
@@ -257,9 +258,9 @@ def train_fold(
             raise PipelineError(f"fold {k}: no epoch gave a finite {cfg.finetune.select_metric}; nothing to keep")
         write_done(out, h, **summary, select_metric=cfg.finetune.select_metric)
         calibration, _ = calibrate_fold(cfg, paths, runtime, k)
-        log.info("fold %d/%d: done, best %s %.4f at epoch %d; calibration %.3f * logit %+.3f", k + 1,
+        log.info("fold %d (of %d): done, best %s %.4f at epoch %d of %d; calibration %.3f * logit %+.3f", k,
                  cfg.finetune.folds, cfg.finetune.select_metric, summary["best_value"], summary["best_epoch"] + 1,
-                 calibration.a, calibration.b)
+                 cfg.finetune.epochs, calibration.a, calibration.b)
     runtime.barrier()
 
 

@@ -70,6 +70,8 @@ def read_image(
 ) -> LoadedImage:
     """Decode ``path`` to 8-bit RGB. Raises :class:`ImageReadError` with the reason."""
     path = Path(path)
+    if path.is_dir():
+        raise ImageReadError(path, "a directory named like an image, not an image file")
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -118,6 +120,8 @@ def read_image(
 def image_header(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """(width, height) from the header only; raises :class:`ImageReadError` like ``read_image``."""
     path = Path(path)
+    if path.is_dir():
+        raise ImageReadError(path, "a directory named like an image, not an image file")
     try:
         if path.stat().st_size == 0:
             raise ImageReadError(path, "zero-byte file")

@@ -169,3 +169,15 @@ def best_f1_threshold(y_true: Any, prob: Any) -> tuple[float, float]:
     # Midway to the next lower distinct score; the lowest score itself when every image is positive.
     t = _between(float(scores[k]), float(scores[k + 1])) if k + 1 < scores.size else float(scores[k])
     return t, float(f1[k])
+
+
+def auc_standard_error(auc: float, n_pos: int, n_neg: int) -> float:
+    """Standard error of a ROC AUC (Hanley & McNeil 1982), from the AUC and the class counts.
+
+    NaN when either class is empty or the AUC is NaN.
+    """
+    if not n_pos or not n_neg or auc != auc:
+        return math.nan
+    q1, q2 = auc / (2.0 - auc), 2.0 * auc * auc / (1.0 + auc)
+    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc)) / (n_pos * n_neg)
+    return math.sqrt(max(var, 0.0))

@@ -13,7 +13,7 @@ import shutil
 import torch
 
 from .artifacts import RunPaths, faces_fingerprint, load_faces, usable_faces
-from .augment import build_train_augment, input_fit
+from .augment import build_train_augment, input_fit, train_jpeg
 from .checkpoint import read_done, save_weights, write_done
 from .config import Config, stage_hash
 from .dataset import FaceDataset
@@ -54,7 +54,7 @@ def run_ssl(cfg: Config, runtime: Runtime, paths: RunPaths, force: bool = False)
     paths_list = [p for frame in rows for p in frame["path"]]
     if not paths_list:
         raise PipelineError("ssl: no aligned faces to train on")
-    dataset = FaceDataset(paths_list)
+    dataset = FaceDataset(paths_list, jpeg=train_jpeg(cfg.ssl.aug, derive_seed(cfg.run.seed, "ssl")))
     seed_everything(derive_seed(cfg.run.seed, "init", "ssl"))
     model = SimMIM(cfg.model, mask_patch=cfg.ssl.mask_patch, remask=cfg.ssl.remask)
     augment = build_train_augment(cfg.ssl.aug).to(runtime.device)

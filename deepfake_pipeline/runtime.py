@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import random
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -64,11 +65,25 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     return device
 
 
+def bf16_in_hardware(device: torch.device) -> bool:
+    """bf16 tensor cores: compute capability 8.0 or newer (A100, H100, RTX 30xx and later).
+
+    ``torch.cuda.is_bf16_supported()`` counts emulation and answers yes on a T4 or V100 too, where bf16
+    runs slowly in software and fp16 + GradScaler is the fast path.
+    """
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def amp_policy(device: torch.device, amp: str) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype, needs GradScaler). bf16 where supported (GRN/LayerNorm overflow in fp16)."""
-    if device.type != "cuda" or amp == "off":
+    """(autocast dtype, needs GradScaler) for ``run.amp``.
+
+    CUDA, auto: bf16 where the GPU has it in hardware (GRN/LayerNorm can overflow in fp16), else fp16
+    with a GradScaler. CPU, auto: fp32. ``bf16`` and ``fp16`` are honoured on the CPU too (torch.amp
+    runs both there): the tests run the GPU precision paths that way.
+    """
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None, False
-    if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
+    if amp == "bf16" or (amp == "auto" and bf16_in_hardware(device)):
         return torch.bfloat16, False
     return torch.float16, True
 
@@ -95,6 +110,12 @@ def init_runtime(device: str = "auto", amp: str = "auto", channels_last: bool = 
 def shutdown_runtime(runtime: Runtime) -> None:
     if runtime.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def show_progress(enabled: bool) -> bool:
+    """Progress bars only on an interactive terminal: in a log file their carriage returns pile up
+    (every long loop also logs a line per epoch or a summary)."""
+    return enabled and sys.stderr.isatty()
 
 
 def derive_seed(*parts: object) -> int:

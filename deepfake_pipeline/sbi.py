@@ -111,17 +111,33 @@ def landmarks_table(faces: pd.DataFrame, rows: pd.DataFrame) -> Tensor:
 # ----------------------------------------------------------------------------- random draws
 
 
+_BLEND_RATIOS = torch.tensor(BLEND_RATIOS)
+
+
 def _uniform(n: int, bounds: tuple[float, float], *shape: int) -> Tensor:
     lo, hi = bounds
     return lo + (hi - lo) * torch.rand(n, *shape)
 
 
-def _draw(n: int) -> dict[str, Tensor]:
-    """Every random number of one batch of ``n`` images, on the CPU generator, in a fixed order."""
+# Every random number of a batch, in a fixed order: (name, values per image). Drawn on the CPU
+# generator (the step seed decides them on any device) into one tensor, which reaches the device in
+# one copy.
+_DRAWS = (("select", 1), ("half_w", 1), ("half_h", 1), ("centre", 1), ("fb_half_w", 1), ("fb_aspect", 1),
+          ("fb_shift", 2), ("deform", len(MASK_HARMONICS)), ("phase", len(MASK_HARMONICS)), ("soft", 1),
+          ("ratio", 1), ("rgb", 3), ("bright", 1), ("contrast", 1), ("hue", 1), ("sat", 1), ("scale", 2),
+          ("shift", 2), ("freq_on", 1), ("sharpen", 1), ("sigma", 1))
+
+
+def _uniform(n: int, bounds: tuple[float, float], *shape: int) -> Tensor:
+    lo, hi = bounds
+    return lo + (hi - lo) * torch.rand(n, *shape)
+
+
+def _draw(n: int) -> tuple[Tensor, Tensor]:
+    """(per-image draws packed as (n, width) float32, the batch's rounding draw), on the CPU generator."""
     k = len(MASK_HARMONICS)
-    return {
+    parts = {
         "select": torch.rand(n),
-        "round": torch.rand(()),
         "half_w": _uniform(n, MASK_HALF_WIDTH),
         "half_h": _uniform(n, MASK_HALF_HEIGHT),
         "centre": _uniform(n, MASK_CENTRE),
@@ -131,7 +147,7 @@ def _draw(n: int) -> dict[str, Tensor]:
         "deform": _uniform(n, (-MASK_DEFORM, MASK_DEFORM), k),
         "phase": _uniform(n, (0.0, 2 * math.pi), k),
         "soft": _uniform(n, MASK_SOFTNESS),
-        "ratio": torch.tensor(BLEND_RATIOS)[torch.randint(len(BLEND_RATIOS), (n,))],
+        "ratio": _BLEND_RATIOS[torch.randint(len(BLEND_RATIOS), (n,))],
         "rgb": _uniform(n, (-RGB_SHIFT, RGB_SHIFT), 3),
         "bright": _uniform(n, (-BRIGHTNESS, BRIGHTNESS)),
         "contrast": _uniform(n, (1 - CONTRAST, 1 + CONTRAST)),
@@ -139,10 +155,37 @@ def _draw(n: int) -> dict[str, Tensor]:
         "sat": _uniform(n, (1 - SATURATION, 1 + SATURATION)),
         "scale": _uniform(n, SCALE, 2),
         "shift": _uniform(n, (-TRANSLATE, TRANSLATE), 2),
-        "freq_on": torch.rand(n) < FREQ_P,
+        "freq_on": (torch.rand(n) < FREQ_P).float(),
         "sharpen": _uniform(n, SHARPEN),
         "sigma": _uniform(n, BLUR_SIGMA),
     }
+    rounding = torch.rand(())
+    packed = torch.cat([parts[name].reshape(n, width) for name, width in _DRAWS], dim=1)
+    return packed, rounding
+
+
+def draw_batch(n: int, device: torch.device | str = "cpu") -> dict[str, Tensor]:
+    """Every random number of a batch of ``n`` (from the CPU generator), on ``device`` in one copy."""
+    packed, rounding = _draw(n)
+    packed = torch.cat([packed, rounding.expand(n, 1)], dim=1)
+    device = torch.device(device)
+    if device.type == "cuda":
+        packed = packed.pin_memory()  # from pageable memory the copy would wait for the device
+    packed = packed.to(device, non_blocking=True)
+    r = _unpack(packed[:, :-1])
+    r["round"] = packed[0, -1]
+    return r
+
+
+def _unpack(packed: Tensor) -> dict[str, Tensor]:
+    """Named views of a packed draw (on whatever device it is)."""
+    out, at = {}, 0
+    for name, width in _DRAWS:
+        view = packed[:, at:at + width]
+        out[name] = view[:, 0] if width == 1 else view
+        at += width
+    out["freq_on"] = out["freq_on"] > 0.5
+    return out
 
 
 # ----------------------------------------------------------------------------- mask
@@ -151,8 +194,7 @@ def _draw(n: int) -> dict[str, Tensor]:
 def _ellipses(landmarks: Tensor, r: dict[str, Tensor], height: int, width: int
               ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(centre (B,2), unit axes u_h (B,2) and u_v (B,2), half axes (B,) (B,)) in pixels."""
-    scale = torch.tensor([width, height], dtype=torch.float32, device=landmarks.device)
-    lm = landmarks.float() * scale  # (B, 5, 2): eyes, nose, mouth corners
+    lm = landmarks.float() * _xy(landmarks, width, height)  # (B, 5, 2): eyes, nose, mouth corners
     eyes = (lm[:, 0] + lm[:, 1]) / 2
     mouth = (lm[:, 3] + lm[:, 4]) / 2
     down = mouth - eyes
@@ -165,11 +207,12 @@ def _ellipses(landmarks: Tensor, r: dict[str, Tensor], height: int, width: int
     centre = eyes + r["centre"][:, None] * down
     half_w, half_h = r["half_w"] * d, r["half_h"] * e
     # Fallback: an upright ellipse near the crop centre.
-    fb_centre = (0.5 + r["fb_shift"]) * scale
+    fb_centre = (0.5 + r["fb_shift"]) * _xy(landmarks, width, height)[0]
     fb_w = r["fb_half_w"] * side
     fb_h = fb_w * r["fb_aspect"]
-    downward = torch.tensor([0.0, 1.0], device=lm.device).expand_as(u_v)  # image y grows downwards
-    right = torch.tensor([1.0, 0.0], device=lm.device).expand_as(u_h)
+    right, downward = torch.zeros_like(u_h), torch.zeros_like(u_v)
+    right[:, 0] = 1.0
+    downward[:, 1] = 1.0  # image y grows downwards
     ok2 = ok[:, None]
     return (
         torch.where(ok2, centre, fb_centre).nan_to_num(),
@@ -180,8 +223,15 @@ def _ellipses(landmarks: Tensor, r: dict[str, Tensor], height: int, width: int
     )
 
 
+def _xy(like: Tensor, width: float, height: float) -> Tensor:
+    """(1, 1, 2) [width, height] on ``like``'s device, made there (no host-to-device copy)."""
+    xy = torch.full((1, 1, 2), float(width), device=like.device)
+    xy[..., 1] = float(height)
+    return xy
+
+
 def face_masks(landmarks: Tensor, r: dict[str, Tensor], height: int, width: int) -> Tensor:
-    """Soft blend masks (B, 1, H, W) in [0, 1] on ``landmarks``' device; ``r`` from :func:`_draw`."""
+    """Soft blend masks (B, 1, H, W) in [0, 1] on ``landmarks``' device; ``r`` from :func:`_unpack`."""
     r = {k: v.to(landmarks.device) for k, v in r.items()}
     return _masks(_ellipses(landmarks, r, height, width), r, height, width)
 
@@ -209,7 +259,18 @@ def _masks(ellipses: tuple[Tensor, ...], r: dict[str, Tensor], height: int, widt
 # ----------------------------------------------------------------------------- source jitter
 
 
-_RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+_RGB_TO_YIQ = np.array(((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312)))
+_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ)  # a constant: inverted once, not every step
+# Both as one (2, 3, 3) table per device, made there once (no copy per step).
+_COLOUR_TABLES: dict[torch.device, Tensor] = {}
+
+
+def _colour_tables(device: torch.device) -> Tensor:
+    table = _COLOUR_TABLES.get(device)
+    if table is None:
+        table = torch.from_numpy(np.stack([_RGB_TO_YIQ, _YIQ_TO_RGB])).float().to(device)
+        _COLOUR_TABLES[device] = table
+    return table
 
 
 def _colour_matrix(hue: Tensor, sat: Tensor) -> Tensor:
@@ -217,12 +278,12 @@ def _colour_matrix(hue: Tensor, sat: Tensor) -> Tensor:
 
     Linear stand-ins for an HSV round trip, several times cheaper on the CPU.
     """
-    to_yiq = torch.tensor(_RGB_TO_YIQ, device=hue.device)
+    to_yiq, from_yiq = _colour_tables(hue.device)
     cos, sin = torch.cos(hue), torch.sin(hue)
     rot = torch.zeros(hue.numel(), 3, 3, device=hue.device)
     rot[:, 0, 0] = 1
     rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
-    hue_m = torch.linalg.inv(to_yiq) @ rot @ to_yiq
+    hue_m = from_yiq @ rot @ to_yiq
     luma = to_yiq[0].expand(3, 3)  # every output channel: the luma of the input
     eye = torch.eye(3, device=hue.device)
     sat_m = sat[:, None, None] * eye + (1 - sat[:, None, None]) * luma
@@ -270,24 +331,32 @@ class SelfBlend:
             raise ValueError(f"landmarks: expected (N, 5, 2), got {tuple(landmarks.shape)}")
         self.landmarks = landmarks.float().cpu()
         self.share = float(share)
+        self._tables: dict[torch.device, Tensor] = {}
+
+    def _landmarks(self, device: torch.device) -> Tensor:
+        """The landmark table on ``device``, copied there once."""
+        table = self._tables.get(device)
+        if table is None:
+            table = self.landmarks.to(device)
+            self._tables[device] = table
+        return table
 
     def select(self, y: Tensor, r: dict[str, Tensor]) -> Tensor:
         """Which images to turn (bool, on ``y``'s device): a random ``share`` of those with target 0."""
         real = y < 0.5
-        keys = torch.where(real, r["select"].to(y.device), torch.full_like(r["select"], 2.0, device=y.device))
+        keys = torch.where(real, r["select"], torch.full_like(r["select"], 2.0))
         rank = torch.empty_like(keys, dtype=torch.long)
         rank[keys.argsort()] = torch.arange(keys.numel(), device=y.device)
-        count = torch.floor(self.share * real.sum() + r["round"].to(y.device))
+        count = torch.floor(self.share * real.sum() + r["round"])
         return real & (rank < count)
 
     def blend(self, x: Tensor, index: Tensor, r: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """(self-blended version of every image of ``x``, its masks): the op without the selection."""
         h, w = x.shape[-2:]
-        lm = self.landmarks[index.cpu().long()].to(x.device, non_blocking=True)
-        rd = {k: v.to(x.device, non_blocking=True) for k, v in r.items()}
-        ellipses = _ellipses(lm, rd, h, w)
-        mask = _masks(ellipses, rd, h, w)
-        source = _jitter_source(x, ellipses[0], rd)
+        lm = self._landmarks(x.device)[index.to(x.device, non_blocking=True).long()]
+        ellipses = _ellipses(lm, r, h, w)
+        mask = _masks(ellipses, r, h, w)
+        source = _jitter_source(x, ellipses[0], r)
         return source * mask + x * (1 - mask), mask
 
     @torch.no_grad()
@@ -295,7 +364,7 @@ class SelfBlend:
         if self.share <= 0 or x.shape[0] == 0:
             return x, y
         n = x.shape[0]
-        r = _draw(n)
+        r = draw_batch(n, x.device)
         with torch.autocast(device_type=x.device.type, enabled=False):
             xf = x.float()
             turn = self.select(y, r)

@@ -228,14 +228,17 @@ def test_unreadable_inputs_are_recorded_and_the_share_sets_the_exit_code(tmp_pat
     keys = make_layout(root, n_train=4, n_test=4)
     (root / "test_images" / "zero.jpg").write_bytes(b"")
     (root / "test_images" / "text.jpg").write_text("this is not a JPEG\n")
+    (root / "test_images" / "folder.jpg").mkdir()  # a directory named like an image
+    (root / "test_images" / "notes").mkdir()  # a plain folder: not an image, ignored
     out = tmp_path / "faces"
     cfg_path = write_cfg(tmp_path, root, out)
-    assert run_main(main, ["--config", str(cfg_path)]) == 2  # 2 of 10 > 1 %, after the manifest
+    assert run_main(main, ["--config", str(cfg_path)]) == 2  # 3 of 11 > 1 %, after the manifest
     faces = manifest(out)
-    assert len(faces) == len(keys) + 2 and not faces.duplicated(["split", "Id"]).any()
+    assert len(faces) == len(keys) + 3 and not faces.duplicated(["split", "Id"]).any()
     bad = faces[faces["status"] == "unreadable"].set_index("Id")
-    assert set(bad.index) == {"zero", "text"}
+    assert set(bad.index) == {"zero", "text", "folder"}
     assert bad.loc["zero", "note"] == "zero-byte file" and "not an image" in bad.loc["text", "note"]
+    assert "a directory named like an image" in bad.loc["folder", "note"]
     assert (bad["path"] == "").all() and not (out / "test" / "zero.jpg").exists()
     ok = ["--config", str(cfg_path), "--set", "align.max_unreadable_share=0.5"]
     assert run_main(main, ok) == 0  # resumed: nothing redone, the share is now allowed

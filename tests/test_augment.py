@@ -17,7 +17,7 @@ from deepfake_pipeline.augment import (
 from deepfake_pipeline.config import AugConfig
 from deepfake_pipeline.errors import ConfigError
 
-OPS = ("hflip", "affine", "color_jitter", "blur", "jpeg", "cutout")
+OPS = ("hflip", "affine", "color_jitter", "blur", "cutout")  # device ops; JPEG is re-encoded in the loader
 
 
 def _off() -> AugConfig:
@@ -70,7 +70,6 @@ def test_full_chain_under_bf16_autocast_and_bf16_input() -> None:
         "RandomAffine",
         "ColorJitter",
         "RandomGaussianBlur",
-        "RandomJPEG",
         "RandomErasing",
     ]
     x = _batch()
@@ -185,3 +184,56 @@ def test_random_crop_cuts_windows_on_the_grid_without_resampling() -> None:
     a = random_crop(x, 16)
     torch.manual_seed(5)
     assert torch.equal(a, random_crop(x, 16))  # the step seed decides the windows
+
+
+def test_input_fit_resizes_or_cuts_the_centre_window() -> None:
+    from deepfake_pipeline.augment import InputFit, centre_crop
+
+    x = torch.rand(2, 3, 48, 48)
+    crop = InputFit(32, "crop", grid=8)
+    assert torch.equal(crop.eval(x), x[..., 8:40, 8:40])  # (48 - 32) / 2 = 8, on the grid
+    assert torch.equal(centre_crop(x, 32, grid=16), x[..., 0:32, 0:32])  # 8 rounded down to the 16 grid
+    torch.manual_seed(0)
+    train = crop.train(x)
+    assert train.shape == (2, 3, 32, 32)
+    resize = InputFit(32, "resize")
+    assert torch.allclose(resize.eval(x), resize_batch(x, 32)) and torch.allclose(resize.train(x), resize_batch(x, 32))
+    seen = []
+
+    def record(images: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        seen.append(images.shape)
+        return images, y
+
+    out, _ = crop.then(record)(x, torch.zeros(2), torch.arange(2))
+    assert seen == [(2, 3, 32, 32)] and out.shape == (2, 3, 32, 32)  # the augmentations see the fitted input
+
+
+def test_loader_jpeg_is_the_real_codec_and_depends_on_epoch_and_index_only(tmp_path) -> None:  # noqa: ANN001
+    import numpy as np
+    from torchvision.io import decode_jpeg, encode_jpeg
+
+    from deepfake_pipeline.augment import train_jpeg
+    from deepfake_pipeline.dataset import FaceDataset
+    from deepfake_pipeline.images import save_jpeg
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(6):
+        save_jpeg(tmp_path / f"{i}.jpg", rng.integers(0, 256, (48, 48, 3), dtype=np.uint8), 95)
+        paths.append(str(tmp_path / f"{i}.jpg"))
+    assert train_jpeg(_off(), 0) is None
+    jpeg = train_jpeg(AugConfig(jpeg=0.5, jpeg_quality=[30, 60]), seed=7)
+    data = FaceDataset(paths, jpeg=jpeg)
+    plain = FaceDataset(paths)
+    hits = 0
+    for i in range(6):
+        a, b = data[(i, 0)][0], data[(i, 0)][0]
+        assert torch.equal(a, b)  # the same (index, epoch): the same result in any worker, after a resume
+        assert torch.equal(data[i][0], plain[i][0])  # integer keys (validation, prediction): never re-encoded
+        if not torch.equal(a, plain[i][0]):
+            hits += 1
+            # libjpeg itself at one of the qualities in range gives exactly this image
+            assert any(torch.equal(a, decode_jpeg(encode_jpeg(plain[i][0], quality=q))) for q in range(30, 61))
+    assert 0 < hits < 6
+    differs = sum(not torch.equal(data[(i, 0)][0], data[(i, 1)][0]) for i in range(6))
+    assert differs > 0  # another epoch, other draws

@@ -84,3 +84,14 @@ def test_cli_exit_code_2_on_config_error(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "align.sizee" in proc.stderr and str(path) in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_crop_fit_needs_faces_at_least_as_large_as_the_window() -> None:
+    cfg = load_config(None, ["run.name=x", "align.size=192", "model.img_size=128", "model.fit=crop"])
+    assert cfg.model.fit == "crop"
+    with pytest.raises(ConfigError, match="align.size 96 is smaller than model.img_size 128"):
+        load_config(None, ["run.name=x", "align.size=96", "model.img_size=128", "model.fit=crop"])
+    with pytest.raises(ConfigError, match="model.fit"):
+        load_config(None, ["run.name=x", "model.fit=stretch"])
+    # resize has no such limit: a smaller face is resampled up
+    assert load_config(None, ["run.name=x", "align.size=96", "model.img_size=128"]).model.fit == "resize"

@@ -69,12 +69,14 @@ def test_warnings_for_extra_and_unreadable_files(tmp_path: Path) -> None:
     save_jpeg(root / "train_images" / "unlabelled.jpg", np.zeros((8, 8, 3), np.uint8))
     (root / "train_images" / "notes.txt").write_text("hello")
     (root / "test_images" / "broken.jpg").write_bytes(b"")
+    (root / "test_images" / "123.jpg").mkdir()
     layout = load_layout(DataConfig(root=str(root)))
     text = "\n".join(layout.warnings)
     assert "unlabelled.jpg: no row" in text
     assert "notes.txt: not an image extension" in text
     assert "broken.jpg: zero-byte file" in text
-    assert "broken" in set(layout.test.frame["Id"])  # kept: alignment records it as unreadable
+    assert "123.jpg: a directory named like an image" in text
+    assert {"broken", "123"} <= set(layout.test.frame["Id"])  # kept: alignment records them as unreadable
 
 
 def test_missing_pieces(tmp_path: Path) -> None:

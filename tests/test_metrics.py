@@ -153,3 +153,22 @@ def test_torch_inputs() -> None:
     assert binary_metrics(y, p)["auc"] == 1.0
     t, f1 = best_f1_threshold(y, p)
     assert f1 == 1.0 and bool(((p.float() >= t).long() == y).all())
+
+
+def test_auc_standard_error_matches_hanley_mcneil_and_the_bootstrap() -> None:
+    from deepfake_pipeline.metrics import auc_standard_error
+
+    # Hanley & McNeil (1982) by hand for AUC 0.8, 50 + 50 cases: q1 = 2/3, q2 = 32/45,
+    # var = (0.16 + 49 (q1 - 0.64) + 49 (q2 - 0.64)) / 2500
+    assert auc_standard_error(0.8, 50, 50) == pytest.approx(math.sqrt((0.16 + 49 * (2 / 3 - 0.64) + 49 * (32 / 45 - 0.64))
+                                                                      / 2500))
+    assert math.isnan(auc_standard_error(0.8, 0, 10)) and auc_standard_error(1.0, 10, 10) == 0.0
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(300), np.zeros(300)].astype(int)
+    p = np.r_[rng.normal(1.0, 1, 300), rng.normal(0, 1, 300)]
+    auc = binary_metrics(y, p)["auc"]
+    boot = []
+    for _ in range(300):
+        i = np.r_[rng.integers(0, 300, 300), rng.integers(300, 600, 300)]
+        boot.append(binary_metrics(y[i], p[i])["auc"])
+    assert auc_standard_error(auc, 300, 300) == pytest.approx(np.std(boot), rel=0.2)

@@ -3,6 +3,7 @@ and a fine-tuning run with it switched on."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,8 @@ from deepfake_pipeline.config import load_config
 from deepfake_pipeline.sbi import (
     BLEND_RATIOS,
     SelfBlend,
-    _draw,
     crop_landmarks,
+    draw_batch,
     face_masks,
     landmarks_table,
     with_self_blend,
@@ -72,7 +73,7 @@ def test_landmarks_table_follows_rows_and_splits() -> None:
 
 def test_masks_are_soft_inside_the_image_and_follow_the_face() -> None:
     torch.manual_seed(0)
-    r = _draw(4)
+    r = draw_batch(4)
     r["ratio"] = torch.ones(4)
     lm = landmarks(4, missing=2)
     masks = face_masks(lm, r, 64, 64)
@@ -99,7 +100,7 @@ def test_masks_are_soft_inside_the_image_and_follow_the_face() -> None:
 
 def test_blend_ratios_scale_the_mask() -> None:
     torch.manual_seed(1)
-    r = _draw(64)
+    r = draw_batch(64)
     masks = face_masks(landmarks(64), r, 32, 32)
     assert torch.allclose(masks.flatten(1).amax(1), r["ratio"])
     assert set(r["ratio"].tolist()) <= set(BLEND_RATIOS)
@@ -159,6 +160,35 @@ def test_deterministic_under_a_fixed_seed() -> None:
     assert not torch.equal(a[0], c[0])
 
 
+def test_a_step_copies_its_inputs_once_and_inverts_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU every host-to-device copy of a small tensor and every tensor made from Python data is a
+    sync. A step moves its random numbers in one packed copy and the batch indices in another; the
+    landmark table and the colour matrices are on the device already, made once."""
+    x, y, index = batch(16)
+    sbi = SelfBlend(landmarks(16, missing=4), 0.5)
+    torch.manual_seed(0)
+    sbi(x, y, index)  # first call: the tables reach the device
+    moves = []
+    original_to = torch.Tensor.to
+
+    def counting_to(self: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        caller = sys._getframe(1).f_code.co_filename  # the moves SBI's own code makes (not kornia's)
+        if caller.endswith("sbi.py") and (any(isinstance(a, (torch.device, str)) for a in args) or "device" in kwargs):
+            moves.append(tuple(self.shape))
+        return original_to(self, *args, **kwargs)
+
+    def no_inverse(*args: object, **kwargs: object) -> torch.Tensor:
+        raise AssertionError("a constant matrix inverted in the step")
+
+    monkeypatch.setattr(torch.Tensor, "to", counting_to)
+    monkeypatch.setattr(torch.linalg, "inv", no_inverse)
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: (_ for _ in ()).throw(AssertionError("torch.tensor")))
+    torch.manual_seed(1)
+    out, target = sbi(x, y, index)
+    assert len(moves) == 2 and moves[0] == (16, 31), moves  # the packed draws, then the turned faces' indices
+    assert (target != y).any()  # it did turn some faces
+
+
 def test_cpu_subset_equals_the_whole_batch_op() -> None:
     """On the CPU only the turned images are blended; the result is the whole-batch (device) op's."""
     x, y, index = batch(20)
@@ -166,7 +196,7 @@ def test_cpu_subset_equals_the_whole_batch_op() -> None:
     torch.manual_seed(9)
     out, target = sbi(x, y, index)
     torch.manual_seed(9)
-    r = _draw(20)
+    r = draw_batch(20)
     turn = sbi.select(y, r)
     full, _ = sbi.blend(x, index, r)
     assert torch.equal(target == 1, (y == 1) | turn)

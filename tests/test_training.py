@@ -188,3 +188,34 @@ def test_real_dataset_end_to_end_is_scored(tmp_path: Path) -> None:
     sub = pd.read_csv(run / "submission.csv", dtype={"Id": str})
     solution = pd.read_csv(root / "test_solution.csv", dtype={"Id": str})
     assert sorted(sub["Id"]) == sorted(solution["Id"])
+
+
+def test_ddp_finetune_matches_one_process(aligned: Path, tmp_path: Path, demo_root: Path) -> None:
+    """Fine-tuning in 2 gloo processes (batch 4 each) against 1 process (batch 8): the same folds, and
+    OOF probabilities and threshold equal within float tolerance. Rank 0 validates and writes while
+    rank 1 waits at the barrier. Nothing random differs between the two: augmentation, dropout and
+    drop path are off, and DistributedSampler deals each rank half of the same permutation."""
+    still = ("finetune: {init: scratch, epochs: 2, aug: {hflip: 0, affine: 0, color_jitter: 0, blur: 0, jpeg: 0, "
+             "cutout: 0}}\nmodel: {head_dropout: 0.0}")
+    one = fresh_workdir(aligned, tmp_path / "one", demo_root, still.replace("epochs: 2", "epochs: 2, batch_size: 8"))
+    two = fresh_workdir(aligned, tmp_path / "two", demo_root, still.replace("epochs: 2", "epochs: 2, batch_size: 4"))
+    proc = run_cli(["train.py", "--config", str(one), "--stage", "finetune"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "train.py", "--config", str(two), "--stage", "finetune"]
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    ddp = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert "rank 0/2" in ddp.stderr
+    a, b = tmp_path / "one" / "runs" / "t", tmp_path / "two" / "runs" / "t"
+    assert (a / "folds.csv").read_text() == (b / "folds.csv").read_text()
+    oof_a, oof_b = (pd.read_csv(p / "oof.csv", dtype={"Id": str}).set_index("Id") for p in (a, b))
+    assert list(oof_a.index) == list(oof_b.index)
+    assert oof_a["prob"].std() > 1e-3  # trained models, not a constant
+    assert (oof_a["prob"] - oof_b["prob"]).abs().max() < 1e-3
+    ta, tb = (json.loads((p / "threshold.json").read_text()) for p in (a, b))
+    assert abs(ta["threshold"] - tb["threshold"]) < 1e-3 and ta["oof_f1"] == pytest.approx(tb["oof_f1"], abs=1e-6)
+    for k in (0, 1):
+        assert len(metrics(b / f"fold{k}" / "metrics.jsonl")) == 2  # one writer
+        assert json.loads((a / f"fold{k}" / "done.json").read_text())["best_epoch"] == \
+            json.loads((b / f"fold{k}" / "done.json").read_text())["best_epoch"]
