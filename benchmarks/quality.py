@@ -263,7 +263,7 @@ def predict_cross(plan: Plan) -> dict[str, float]:
     import numpy as np
     import pandas as pd
 
-    from deepfake_pipeline.artifacts import RunPaths, usable_faces
+    from deepfake_pipeline.artifacts import RunPaths, per_id, usable_faces
     from deepfake_pipeline.config import DataConfig
     from deepfake_pipeline.dataset import load_layout
     from deepfake_pipeline.images import save_csv
@@ -285,8 +285,8 @@ def predict_cross(plan: Plan) -> dict[str, float]:
     runtime = inference_runtime(cfg.run.device, cfg.run.amp, cfg.run.channels_last)
     faces = usable_faces(pd.read_csv(plan.cross_faces / "faces.csv", dtype={"Id": str}, keep_default_na=False), "test")
     test_ids = list(load_layout(DataConfig(root=str(plan.cross)), check_images=False).test.frame["Id"])
-    logits = ensemble_logits(cfg, paths, runtime, folds, list(faces["path"]))
-    prob = dict(zip(faces["Id"], sigmoid(logits)))
+    ids, logits = per_id(faces["Id"], ensemble_logits(cfg, paths, runtime, folds, list(faces["path"])))
+    prob = dict(zip(ids, sigmoid(logits)))
     prior = float(pd.read_csv(plan.dataset / "train_solution.csv")["target_feature"].mean())
     out = plan.run_dir / f"cross-{plan.cross.name}"
     probs = pd.DataFrame({"Id": test_ids, "prob": [float(prob.get(i, prior)) for i in test_ids]})

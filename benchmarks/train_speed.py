@@ -1,12 +1,12 @@
 """Training-step throughput and peak memory: SSL (SimMIM) and fine-tuning steps, ours vs a baseline.
 
-Both variants run the engine's own objects, built by ``engine.TrainLoop`` itself (model on the
-device, channels_last per the runtime, ``model.param_groups`` -> AdamW, fused on CUDA, GradScaler,
-EMA for fine-tuning, optional torch.compile), the stage's model (``simmim.SimMIM`` /
-``model.build_classifier``), the stage's augmentation (``augment.build_train_augment``) and the
-stage's loss. One micro-step mirrors the body of ``TrainLoop.run``'s inner loop (the engine does
-not expose it as a function); the optimizer step is the engine's ``TrainLoop._optimizer_step``.
-Input: synthetic uint8 batches made on the device up front (no disk, no host->device copy).
+Both variants run the engine itself: ``engine.TrainLoop`` builds everything (model on the device,
+channels_last per the runtime, ``model.param_groups`` -> AdamW, fused on CUDA, GradScaler, EMA for
+fine-tuning, optional torch.compile) and every micro-step is ``TrainLoop.train_micro_step``, the
+one the training stages run, with the stage's model (``simmim.SimMIM`` / ``model.build_classifier``),
+input fit and augmentation (``augment.input_fit``, ``augment.build_train_augment``) and loss
+(``pretrain.masked_image_loss`` / ``finetune.classification_loss``). Input: synthetic uint8 batches
+made on the device up front (no disk, no host->device copy).
 
   ours      runtime.init_runtime: bf16 autocast where supported (else fp16 + GradScaler), channels_last,
             fused AdamW on CUDA; --batch/--accum/--compile as given
@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,27 +61,17 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-from deepfake_pipeline.augment import (
-    build_train_augment,  # noqa: E402
-    resize_batch,  # noqa: E402
-)
+from deepfake_pipeline.augment import build_train_augment, input_fit  # noqa: E402
 from deepfake_pipeline.config import Config  # noqa: E402
 from deepfake_pipeline.engine import LoopSpec, TrainLoop, to_device_float  # noqa: E402
+from deepfake_pipeline.finetune import classification_loss  # noqa: E402
 from deepfake_pipeline.model import build_classifier, param_groups  # noqa: E402
-from deepfake_pipeline.runtime import Runtime, derive_seed, init_runtime, pick_device, seed_everything, step_seed  # noqa: E402
-from deepfake_pipeline.simmim import SimMIM, generate_masks  # noqa: E402
+from deepfake_pipeline.pretrain import masked_image_loss  # noqa: E402
+from deepfake_pipeline.runtime import Runtime, derive_seed, init_runtime, pick_device, seed_everything  # noqa: E402
+from deepfake_pipeline.simmim import SimMIM  # noqa: E402
 
-Scope = Callable[[str], contextlib.AbstractContextManager]
 CARDS_GIB = (24, 80)  # "fits a 24 GB card", "batch for 80 GB"
 HEADROOM = 0.9  # share of the card's memory the allocator's peak may use (context, fragmentation)
-
-
-def _no_scope(_name: str) -> contextlib.AbstractContextManager:
-    return contextlib.nullcontext()
-
-
-def _record(name: str) -> contextlib.AbstractContextManager:
-    return torch.profiler.record_function(name)
 
 
 # ----------------------------------------------------------------------------- stage parts
@@ -91,40 +80,27 @@ def _record(name: str) -> contextlib.AbstractContextManager:
 @dataclasses.dataclass
 class StageParts:
     model: nn.Module
-    augment: nn.Module
+    prepare: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
     compute_loss: Callable[[nn.Module, Tensor, Tensor], Tensor]
     optim: Any  # OptimConfig
     ema_decay: float | None
 
 
 def build_stage(cfg: Config, stage: str, device: torch.device) -> StageParts:
-    """Model, augmentation and loss exactly as pretrain.run_ssl / finetune.train_fold build them."""
+    """Model, input fit + augmentation and loss as pretrain.run_ssl / finetune.train_fold build them."""
+    fit = input_fit(cfg.model)
     if stage == "ssl":
         seed_everything(derive_seed(cfg.run.seed, "init", "ssl"))
-        model: nn.Module = SimMIM(cfg.model, mask_patch=cfg.ssl.mask_patch, remask=cfg.ssl.remask)
-        grid = cfg.model.img_size // cfg.ssl.mask_patch
-        ratio = cfg.ssl.mask_ratio
-
-        def ssl_loss(module: nn.Module, x: Tensor, _targets: Tensor) -> Tensor:
-            # Mirror of pretrain.run_ssl's compute_loss: masks drawn on the CPU, then copied.
-            masks = generate_masks(x.shape[0], grid, grid, ratio, None, torch.device("cpu"))
-            loss, _ = module(x, masks.to(x.device, non_blocking=True))
-            return loss
-
-        return StageParts(model, build_train_augment(cfg.ssl.aug).to(device), ssl_loss, cfg.ssl.optim, None)
+        model = SimMIM(cfg.model, mask_patch=cfg.ssl.mask_patch, remask=cfg.ssl.remask)
+        augment = build_train_augment(cfg.ssl.aug).to(device)
+        return StageParts(model, fit.then(augment.prepare), masked_image_loss(model, cfg.ssl.mask_ratio),
+                          cfg.ssl.optim, None)
     if stage == "finetune":
         seed_everything(derive_seed(cfg.run.seed, "init", 0))
-        model = build_classifier(cfg.model)
-        smoothing = cfg.finetune.label_smoothing
-
-        def finetune_loss(module: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-            # Mirror of finetune.train_fold's compute_loss.
-            logits = module(x).float()
-            return F.binary_cross_entropy_with_logits(logits, y * (1.0 - smoothing) + 0.5 * smoothing)
-
+        augment = build_train_augment(cfg.finetune.aug).to(device)
         ema = cfg.finetune.ema_decay if cfg.finetune.ema else None
-        return StageParts(model, build_train_augment(cfg.finetune.aug).to(device), finetune_loss,
-                          cfg.finetune.optim, ema)
+        return StageParts(build_classifier(cfg.model), fit.then(augment.prepare),
+                          classification_loss(cfg.finetune.label_smoothing), cfg.finetune.optim, ema)
     raise ValueError(f"unknown stage {stage!r} (ssl, finetune)")
 
 
@@ -144,41 +120,18 @@ class _Placeholder(torch.utils.data.Dataset):
 # ----------------------------------------------------------------------------- the step
 
 
-def micro_step(loop: TrainLoop, images: Tensor, targets: Tensor, epoch: int, boundary: bool,
-               scope: Scope = _no_scope) -> None:
-    """One iteration of ``TrainLoop.run``'s inner loop (engine.py), without tqdm and checkpoints.
-
-    Kept line for line with the engine: reseed from (seed, rank, epoch, index), uint8 -> float on
-    the device, augmentation under no_grad, autocast forward + loss, scaled backward of loss /
-    accum, device-side loss sum, and the engine's optimizer step at accumulation boundaries.
-    """
-    spec, rt = loop.spec, loop.rt
-    with step_seed(spec.seed, rt.rank, epoch, loop.micro_done):
-        with torch.no_grad():
-            with scope("step::data"):
-                x = resize_batch(to_device_float(images, rt), loop.model_size)
-            if loop.prepare is not None:
-                with scope("step::augment"):
-                    x = loop.prepare(x)
-        y = targets.to(rt.device, non_blocking=True)
-        with scope("step::forward"), rt.autocast():
-            loss = loop.compute_loss(loop.train_module, x, y)
-        with scope("step::backward"):
-            loop.scaler.scale(loss / loop.accum).backward()
-    loop.loss_sum += loss.detach().double()
-    loop.loss_count += 1
-    loop.micro_done += 1
-    if boundary:
-        with scope("step::optimizer"):
-            loop._optimizer_step()
+def micro_step(loop: TrainLoop, images: Tensor, targets: Tensor, boundary: bool) -> None:
+    """One micro-batch through the engine's own ``TrainLoop.train_micro_step`` (its profiler labels
+    step::data/augment/forward/backward/optimizer are what ``--profile`` attributes time to)."""
+    loop.train_micro_step(images, targets, torch.arange(images.shape[0]), boundary)
 
 
-def run_steps(loop: TrainLoop, pool: list[tuple[Tensor, Tensor]], n: int, scope: Scope = _no_scope) -> None:
+def run_steps(loop: TrainLoop, pool: list[tuple[Tensor, Tensor]], n: int) -> None:
     """``n`` optimizer steps of ``loop.accum`` micro-steps each, cycling through the device batches."""
     for _ in range(n):
         for a in range(loop.accum):
             images, targets = pool[loop.micro_done % len(pool)]
-            micro_step(loop, images, targets, 0, a == loop.accum - 1, scope)
+            micro_step(loop, images, targets, a == loop.accum - 1)
 
 
 @dataclasses.dataclass
@@ -216,9 +169,9 @@ def count_flops(loop: TrainLoop, images: Tensor, targets: Tensor) -> float:
     n = min(2, images.shape[0])
     rt = loop.rt
     with torch.no_grad():
-        x = resize_batch(to_device_float(images[:n], rt), loop.model_size)
+        x = to_device_float(images[:n], rt)
         if loop.prepare is not None:
-            x = loop.prepare(x)
+            x, _ = loop.prepare(x, targets[:n], torch.arange(n))
     with FlopCounterMode(display=False) as counter:
         with rt.autocast():
             loss = loop.compute_loss(loop.model, x, targets[:n])
@@ -242,8 +195,7 @@ def measure(job: Job, cfg: Config, device: str, peak: float | None, threads: int
         progress=False,
     )
     loop = TrainLoop(spec, rt, parts.model, _Placeholder(job.batch * micro_total), parts.compute_loss,
-                     prepare=parts.augment)
-    loop.model_size = size  # type: ignore[attr-defined]
+                     prepare=parts.prepare)
     optimizer = "AdamW fused" if dev.type == "cuda" else "AdamW"
     if job.variant == "baseline":
         opt = spec.optim
@@ -444,7 +396,7 @@ def categorize(events: list[Any], cuda: bool) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: -(r.get("self_cuda_ms") or r["self_cpu_ms"]))
 
 
-def profile_step(loop: TrainLoop, one_step: Callable[[Scope], None], job: Job) -> dict[str, Any]:
+def profile_step(loop: TrainLoop, one_step: Callable[[], None], job: Job) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity, profile
 
     cuda = loop.rt.device.type == "cuda"
@@ -452,7 +404,7 @@ def profile_step(loop: TrainLoop, one_step: Callable[[Scope], None], job: Job) -
     scoped = not job.compile  # module hooks would split the compiled graph
     labels = profiling_scopes(loop) if scoped else contextlib.nullcontext()
     with labels, profile(activities=activities) as prof:
-        one_step(_record)
+        one_step()
         sync(loop.rt.device)
     if job.trace:
         Path(job.trace).parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .config import Config, stage_hash, to_yaml
@@ -107,10 +108,27 @@ def faces_fingerprint(faces: pd.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
+NO_ITEM = ("unreadable", "silent")  # stage-1 statuses of an input that produced no image
+
+
 def usable_faces(faces: pd.DataFrame, split: str) -> pd.DataFrame:
-    """Rows of ``split`` with an aligned image on disk (unreadable inputs have none)."""
-    rows = faces[(faces["split"] == split) & (faces["status"] != "unreadable") & (faces["path"] != "")]
+    """Rows of ``split`` with a stage-1 image on disk (unreadable or silent inputs have none).
+
+    Faces: one row per Id. Speech: one row per spectrogram window, several per clip Id; everything
+    downstream trains on the rows and predicts one value per Id (:func:`per_id`).
+    """
+    rows = faces[(faces["split"] == split) & (~faces["status"].isin(NO_ITEM)) & (faces["path"] != "")]
     return rows.reset_index(drop=True)
+
+
+def per_id(ids: pd.Series | list[str], values: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """(each Id once, in first-seen order; the mean of its rows' ``values``): one logit per clip from
+    its windows' logits. With one row per Id (faces) it returns the input unchanged."""
+    frame = pd.DataFrame({"Id": list(ids), "v": np.asarray(values, dtype=np.float64)})
+    if not frame["Id"].duplicated().any():
+        return list(frame["Id"]), frame["v"].to_numpy()
+    mean = frame.groupby("Id", sort=False)["v"].mean()
+    return list(mean.index), mean.to_numpy()
 
 
 def fold_rows(folds: pd.DataFrame, faces: pd.DataFrame, k: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -118,8 +136,9 @@ def fold_rows(folds: pd.DataFrame, faces: pd.DataFrame, k: int) -> tuple[pd.Data
 
     ``folds`` is ``folds.csv``: labelled rows have their validation ``fold``; pseudo-labelled rows
     (``is_pseudo`` 1) have fold -1 and train fold ``pseudo_fold`` only, or every fold when it is -1.
-    Labelled rows are train images, pseudo rows test images (an Id may exist in both splits). Rows
-    without a usable aligned face (unreadable at alignment) are left out with a warning.
+    Labelled rows are train images, pseudo rows test images (an Id may exist in both splits); an Id
+    with several stage-1 items (speech windows) gets one row per item. Rows without a usable item
+    (unreadable or silent at stage 1) are left out with a warning.
     """
     pseudo = folds["is_pseudo"] == 1
     pseudo_fold = folds["pseudo_fold"] if "pseudo_fold" in folds.columns else pd.Series(-1, index=folds.index)
@@ -127,11 +146,15 @@ def fold_rows(folds: pd.DataFrame, faces: pd.DataFrame, k: int) -> tuple[pd.Data
     val = folds[~pseudo & (folds["fold"] == k)].copy()
     if set(train["Id"][train["is_pseudo"] == 0]) & set(val["Id"]):
         raise PipelineError(f"fold {k}: a labelled row is in both its training and validation parts")
-    by_split = {split: dict(zip(usable_faces(faces, split)["Id"], usable_faces(faces, split)["path"]))
-                for split in ("train", "test")}
-    for rows in (train, val):
-        rows["path"] = [by_split["test" if p else "train"].get(i) for i, p in zip(rows["Id"], rows["is_pseudo"])]
+    items = {split: usable_faces(faces, split)[["Id", "path"]] for split in ("train", "test")}
+
+    def with_paths(rows: pd.DataFrame) -> pd.DataFrame:
+        parts = [rows[rows["is_pseudo"] == p].merge(items[split], on="Id", how="left")
+                 for p, split in ((0, "train"), (1, "test"))]
+        return pd.concat(parts, ignore_index=True)
+
+    train, val = with_paths(train), with_paths(val)
     dropped = int(train["path"].isna().sum() + val["path"].isna().sum())
     if dropped:
-        log.warning("fold %d: %d image(s) were unreadable at alignment and are left out", k, dropped)
+        log.warning("fold %d: %d input(s) were unreadable or silent at stage 1 and are left out", k, dropped)
     return train.dropna(subset=["path"]).reset_index(drop=True), val.dropna(subset=["path"]).reset_index(drop=True)

@@ -22,8 +22,10 @@ from .errors import ConfigError
 @dataclass
 class DataConfig:
     root: str = "data/dataset"  # Kaggle layout: train_images/, test_images/, train_solution.csv
-    train_dir: str = "train_images"
-    test_dir: str = "test_images"
+    # image: face images, stage 1 = align_faces.py. audio: speech clips, stage 1 = prepare_audio.py.
+    modality: str = "image"
+    train_dir: str | None = None  # default: train_images/ (image), train_audio/ (audio)
+    test_dir: str | None = None  # default: test_images/ (image), test_audio/ (audio)
     labels_csv: str = "train_solution.csv"
     # Diamonds CSV from make_diamonds.py; its pseudo rows join the training part of every fold.
     pseudo_labels: str | None = None
@@ -55,6 +57,28 @@ class AlignConfig:
     batch_size: int = 32
     workers: int = 2
     device: str = "auto"
+
+
+@dataclass
+class AudioConfig:
+    """Stage 1 for speech (prepare_audio.py): each clip -> fixed-length spectrogram windows (images)."""
+
+    sample_rate: int = 16000  # every clip is downmixed to mono and resampled to this rate
+    n_fft: int = 512  # STFT frame (32 ms at 16 kHz)
+    hop_length: int = 160  # STFT hop (10 ms at 16 kHz)
+    n_mels: int = 128  # mel bands = image height
+    frames: int = 128  # STFT frames per window = image width (1.28 s at the defaults)
+    window_overlap: float = 0.5  # share of a window that the next one overlaps
+    max_windows: int = 8  # per clip, spread evenly over the speech: long clips get no more weight
+    min_speech_s: float = 0.3  # less speech than this after trimming: the clip is recorded as silent
+    trim_db: float = 40.0  # leading/trailing frames quieter than the clip's peak minus this are trimmed
+    db_range: list[float] = field(default_factory=lambda: [-100.0, 0.0])  # dBFS mapped to 0..255
+    # Image channels (3): mel = log-mel power, linear = log power on linear-frequency bins resampled
+    # to n_mels rows, delta = the log-mel's time derivative.
+    channels: list[str] = field(default_factory=lambda: ["mel", "linear", "delta"])
+    max_seconds: float = 600.0  # longer clips are read only where their windows fall (never whole)
+    out: str = "data/audio_${audio.n_mels}"
+    workers: int = 2
 
 
 @dataclass
@@ -184,6 +208,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -257,6 +282,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 def _check_values(cfg: Config) -> None:
     """Value checks that types alone cannot express."""
     problems = []
+    if cfg.data.modality not in ("image", "audio"):
+        problems.append(f"data.modality: {cfg.data.modality!r} is not one of image, audio")
+    for name in cfg.audio.channels:
+        if name not in ("mel", "linear", "delta"):
+            problems.append(f"audio.channels: unknown channel {name!r} (mel, linear, delta)")
+    if len(cfg.audio.channels) != 3:
+        problems.append("audio.channels: exactly 3 (the stage writes RGB images)")
     if cfg.align.select not in ("prob", "largest"):
         problems.append(f"align.select: {cfg.align.select!r} is not one of prob, largest")
     for name in cfg.model.channels:

@@ -49,8 +49,21 @@ class Layout:
     warnings: list[str] = field(default_factory=list)
 
 
-def list_images(folder: Path) -> tuple[dict[str, Path], list[str], list[str]]:
-    """Map Id (file stem) -> path for the image files in ``folder``.
+AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au"}
+
+
+def split_dirs(cfg: DataConfig) -> tuple[str, str]:
+    """(train folder, test folder) under ``data.root``: as set, else by ``data.modality``."""
+    default = ("train_audio", "test_audio") if cfg.modality == "audio" else ("train_images", "test_images")
+    return cfg.train_dir or default[0], cfg.test_dir or default[1]
+
+
+def input_extensions(cfg: DataConfig) -> set[str]:
+    return AUDIO_EXTENSIONS if cfg.modality == "audio" else IMAGE_EXTENSIONS
+
+
+def list_images(folder: Path, extensions: set[str] = IMAGE_EXTENSIONS) -> tuple[dict[str, Path], list[str], list[str]]:
+    """Map Id (file stem) -> path for the input files (images, or ``extensions``) in ``folder``.
 
     Returns (images, errors, warnings). Files with other extensions are skipped with a warning;
     two files with one stem (``a.jpg`` and ``a.png``) are an error. Hidden files are ignored, and so
@@ -66,12 +79,13 @@ def list_images(folder: Path) -> tuple[dict[str, Path], list[str], list[str]]:
         if path.name.startswith("."):
             continue
         if path.is_dir():
-            if path.suffix.lower() in IMAGE_EXTENSIONS:
-                warnings.append(f"{path}: a directory named like an image, recorded as unreadable")
+            if path.suffix.lower() in extensions:
+                warnings.append(f"{path}: a directory named like an input file, recorded as unreadable")
             else:
                 continue
-        elif path.suffix.lower() not in IMAGE_EXTENSIONS:
-            warnings.append(f"{path}: not an image extension, skipped")
+        elif path.suffix.lower() not in extensions:
+            warnings.append(f"{path}: not an {'image' if extensions is IMAGE_EXTENSIONS else 'input'} extension, "
+                            "skipped")
             continue
         if path.stem in images:
             errors.append(f"{path}: Id {path.stem!r} already used by {images[path.stem].name}")
@@ -88,7 +102,8 @@ def _pick_column(columns: list[str], names: tuple[str, ...]) -> str | None:
     return None
 
 
-def read_labels(csv_path: Path, group_column: str | None = None) -> tuple[pd.DataFrame, list[str]]:
+def read_labels(csv_path: Path, group_column: str | None = None,
+                extensions: set[str] = IMAGE_EXTENSIONS) -> tuple[pd.DataFrame, list[str]]:
     """Read a labels CSV into columns Id, target (and group). Returns (frame, errors)."""
     errors: list[str] = []
     if not csv_path.is_file():
@@ -112,9 +127,9 @@ def read_labels(csv_path: Path, group_column: str | None = None) -> tuple[pd.Dat
             errors.append(f"{csv_path}: group column {group_column!r} not found")
         else:
             frame["group"] = raw[gcol].astype(str)
-    # Strip a trailing image extension so "abc.jpg" matches the file abc.jpg.
+    # Strip a trailing input extension so "abc.jpg" matches the file abc.jpg (abc.wav: abc.wav).
     ext = frame["Id"].str.extract(r"(\.[A-Za-z0-9]+)$", expand=False).str.lower()
-    has_ext = ext.isin(IMAGE_EXTENSIONS)
+    has_ext = ext.isin(extensions)
     frame.loc[has_ext, "Id"] = frame.loc[has_ext, "Id"].str.rsplit(".", n=1).str[0]
     for row, (ident, text) in enumerate(zip(frame["Id"], frame["label_text"]), start=2):
         if not ident:
@@ -146,15 +161,17 @@ def load_layout(cfg: DataConfig, check_images: bool = True, group_column: str | 
     warnings: list[str] = []
     if not root.is_dir():
         raise DataValidationError([f"{root}: data root not found (set data.root)"])
-    train_images, e1, w1 = list_images(root / cfg.train_dir)
-    test_images, e2, w2 = list_images(root / cfg.test_dir)
-    labels, e3 = read_labels(root / cfg.labels_csv, group_column)
+    train_dir, test_dir = split_dirs(cfg)
+    extensions = input_extensions(cfg)
+    train_images, e1, w1 = list_images(root / train_dir, extensions)
+    test_images, e2, w2 = list_images(root / test_dir, extensions)
+    labels, e3 = read_labels(root / cfg.labels_csv, group_column, extensions)
     errors += e1 + e2 + e3
     warnings += w1 + w2
     if not errors:
         missing = [i for i in labels["Id"] if i not in train_images]
         for ident in missing[:200]:
-            errors.append(f"{root / cfg.labels_csv}: Id {ident!r} has no image in {cfg.train_dir}/")
+            errors.append(f"{root / cfg.labels_csv}: Id {ident!r} has no file in {train_dir}/")
         if len(missing) > 200:
             errors.append(f"... {len(missing) - 200} more labelled Ids without an image")
         labelled = set(labels["Id"])
@@ -166,7 +183,7 @@ def load_layout(cfg: DataConfig, check_images: bool = True, group_column: str | 
         if len(labels) == 0:
             errors.append(f"{root / cfg.labels_csv}: no labelled rows")
         if not test_images:
-            errors.append(f"{root / cfg.test_dir}: no test images")
+            errors.append(f"{root / test_dir}: no test {'clips' if cfg.modality == 'audio' else 'images'}")
     if errors:
         raise DataValidationError(errors)
 
@@ -175,10 +192,11 @@ def load_layout(cfg: DataConfig, check_images: bool = True, group_column: str | 
     train["target"] = train["target"].astype(int)
     test = pd.DataFrame({"Id": list(test_images), "path": [str(p) for p in test_images.values()]})
     if check_images:
+        header = _audio_header if cfg.modality == "audio" else lambda p: image_header(p, cfg.max_pixels)
         for frame in (train, test):
             for path in frame["path"]:
                 try:
-                    image_header(path, cfg.max_pixels)
+                    header(path)
                 except ImageReadError as exc:
                     warnings.append(f"{exc} (will be recorded as unreadable)")
     for line in warnings[:20]:
@@ -186,6 +204,12 @@ def load_layout(cfg: DataConfig, check_images: bool = True, group_column: str | 
     if len(warnings) > 20:
         log.warning("... %d more data warnings", len(warnings) - 20)
     return Layout(root, Split("train", train.reset_index(drop=True)), Split("test", test), warnings)
+
+
+def _audio_header(path: str) -> object:
+    from .audio import audio_header  # soundfile only where speech is used
+
+    return audio_header(path)
 
 
 def read_pseudo_labels(path: Path, train_ids: set[str], test_ids: set[str]) -> tuple[pd.DataFrame, pd.DataFrame | None]:

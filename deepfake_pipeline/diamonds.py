@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .artifacts import RunPaths, load_faces, usable_faces
+from .artifacts import RunPaths, load_faces, per_id, usable_faces
 from .config import Config, DiamondsConfig, stage_hash
 from .dataset import load_layout
 from .errors import ConfigError, PipelineError
@@ -183,18 +183,20 @@ def mine(run_cfg: Config, paths: RunPaths, dcfg: DiamondsConfig, out: Path, conf
                     int(overlap.sum()), faces.loc[overlap, "Id"].iloc[0])
         faces = faces[~overlap]
     faces = faces.reset_index(drop=True)
-    if len(faces) < len(test_ids):
-        log.warning("diamonds: %d test image(s) have no aligned face and cannot be mined",
-                    len(test_ids) - len(faces))
+    if faces["Id"].nunique() < len(test_ids):
+        log.warning("diamonds: %d test input(s) have no stage-1 image and cannot be mined",
+                    len(test_ids) - faces["Id"].nunique())
 
     runtime = inference_runtime(run_cfg.run.device, run_cfg.run.amp, run_cfg.run.channels_last)
-    per_fold = ensemble_logits(run_cfg, paths, runtime, folds, list(faces["path"]), per_fold=True) \
+    ids, _ = per_id(faces["Id"], np.zeros(len(faces)))
+    rows = ensemble_logits(run_cfg, paths, runtime, folds, list(faces["path"]), per_fold=True) \
         if len(faces) else np.zeros((len(folds), 0))
+    per_fold = np.stack([per_id(faces["Id"], r)[1] for r in rows]) if len(faces) else rows  # one value per Id
     miners = list(zip(folds, per_fold)) if dcfg.per_fold else [(-1, per_fold.mean(axis=0))]
     prior = float(labels["target"].mean())
     chosen, candidates, kept_per_fold, seen = [], {"fake": 0, "real": 0}, {}, []
     for k, logits in miners:
-        probs = pd.DataFrame({"Id": faces["Id"], "prob": sigmoid(logits), "logit": logits})
+        probs = pd.DataFrame({"Id": ids, "prob": sigmoid(logits), "logit": logits})
         seen.append(probs["prob"].to_numpy())
         picked = select_diamonds(probs, dcfg, n_test=len(test_ids), prior=prior).assign(fold=k)
         candidates["fake"] += int((probs["prob"] > dcfg.high).sum())
@@ -205,7 +207,7 @@ def mine(run_cfg: Config, paths: RunPaths, dcfg: DiamondsConfig, out: Path, conf
     assert not set(mined["Id"]) & train_ids, "diamonds must never include train Ids"
     all_p = np.concatenate(seen) if seen and len(faces) else np.array([np.nan])
     summary = DiamondSummary(
-        out=None, run=paths.root, folds=folds, n_folds=n_folds, n_test=len(test_ids), n_predicted=len(faces),
+        out=None, run=paths.root, folds=folds, n_folds=n_folds, n_test=len(test_ids), n_predicted=len(ids),
         per_fold=dcfg.per_fold, candidates=candidates,
         kept={"fake": int((mined["target_feature"] == 1).sum()), "real": int((mined["target_feature"] == 0).sum())},
         kept_per_fold=kept_per_fold, extremes=(float(np.nanmin(all_p)), float(np.nanmax(all_p))),

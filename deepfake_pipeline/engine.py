@@ -354,22 +354,27 @@ class TrainLoop:
         (no all-reduce before an accumulation ``boundary``), the loss summed on the device, and the
         optimizer step at the boundary. Returns the number of images trained on."""
         spec, rt = self.spec, self.rt
+        step = torch.profiler.record_function  # labels for benchmarks/train_speed.py --profile; ~free otherwise
         with step_seed(spec.seed, rt.rank, self.epoch, self.micro_done):
             with torch.no_grad():
-                x = to_device_float(images, rt)
-                y = targets.to(rt.device, non_blocking=True)
+                with step("step::data"):
+                    x = to_device_float(images, rt)
+                    y = targets.to(rt.device, non_blocking=True)
                 if self.prepare is not None:
-                    x, y = self.prepare(x, y, indices)
+                    with step("step::augment"):
+                        x, y = self.prepare(x, y, indices)
             skip_sync = self.ddp is not None and not boundary
             with self.ddp.no_sync() if skip_sync else contextlib.nullcontext():  # type: ignore[union-attr]
-                with rt.autocast():
+                with step("step::forward"), rt.autocast():
                     loss = self.compute_loss(self.train_module, x, y)
-                self.scaler.scale(loss / self.accum).backward()
+                with step("step::backward"):
+                    self.scaler.scale(loss / self.accum).backward()
         self.loss_sum += loss.detach().double()
         self.loss_count += 1
         self.micro_done += 1
         if boundary:
-            self._optimizer_step()
+            with step("step::optimizer"):
+                self._optimizer_step()
         return int(x.shape[0])
 
     def run(self, resume: bool = True) -> dict[str, Any]:

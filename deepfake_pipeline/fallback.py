@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from .artifacts import RunPaths, load_faces
 from .augment import InputFit, input_fit, parse_tta
 from .config import Config
-from .dataset import decode_face, list_images, load_layout, read_labels
+from .dataset import decode_face, input_extensions, list_images, load_layout, read_labels, split_dirs
 from .engine import batch_logits
 from .errors import CheckpointError, DataValidationError, PipelineError
 from .faces import FaceDetector, centre_box, choose, detection_copy, letterbox, look_closer, make_crop
@@ -376,7 +376,7 @@ def test_set_and_prior(cfg: Config, paths: RunPaths) -> tuple[dict[str, Path], f
         prior = float(layout.train.frame["target"].mean())
     except DataValidationError as exc:
         root = Path(cfg.data.root)
-        images, _, _ = list_images(root / cfg.data.test_dir)
+        images, _, _ = list_images(root / split_dirs(cfg.data)[1], input_extensions(cfg.data))
         if not images:
             raise PipelineError(f"no test images to answer for: {exc}") from exc
         log.warning("safe inference: dataset problems (%s); answering for the %d test image(s) found",

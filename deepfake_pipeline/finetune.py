@@ -23,12 +23,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .artifacts import RunPaths, faces_fingerprint, fold_rows, load_faces
+from .artifacts import RunPaths, faces_fingerprint, fold_rows, load_faces, per_id
 from .augment import InputFit, build_train_augment, input_fit, train_jpeg
 from .checkpoint import load_weights, read_done, save_weights, write_done
 from .config import Config, stage_hash
 from .dataset import FaceDataset, load_layout, make_folds, read_pseudo_labels
-from .engine import LoopSpec, TrainLoop, make_loader, predict_logits
+from .engine import ComputeLoss, LoopSpec, TrainLoop, make_loader, predict_logits
 from .errors import CheckpointError, PipelineError, StaleOutputError
 from .faults import failpoint
 from .images import atomic_write_text, save_csv
@@ -165,14 +165,26 @@ class FoldValidator:
                  fit: InputFit, weights_path: Path, stage_hash: str):
         self.rows, self.loader, self.runtime, self.fit = rows, loader, runtime, fit
         self.weights_path, self.stage_hash = weights_path, stage_hash
-        self.targets = rows["target"].to_numpy().astype(np.float32)
+        ids, _ = per_id(rows["Id"], np.zeros(len(rows)))
+        self.targets = rows.drop_duplicates("Id").set_index("Id").loc[ids, "target"].to_numpy().astype(np.float32)
 
     def evaluate(self, model: torch.nn.Module, epoch: int) -> dict[str, float]:
-        logits = predict_logits(model, self.loader, self.runtime, self.fit).numpy()
-        return _val_metrics(self.targets, logits)
+        """Metrics per Id: a clip's windows are scored by the mean of their logits."""
+        _, logits = per_id(self.rows["Id"], predict_logits(model, self.loader, self.runtime, self.fit).numpy())
+        return _val_metrics(self.targets, logits.astype(np.float32))
 
     def save_best(self, model: torch.nn.Module, epoch: int, metrics: dict[str, float]) -> None:
         save_weights(self.weights_path, model.state_dict(), metadata={"epoch": str(epoch), "stage_hash": self.stage_hash})
+
+
+def classification_loss(smoothing: float) -> ComputeLoss:
+    """BCE on the logit (in float32) against targets smoothed towards 0.5 by ``smoothing``."""
+
+    def compute_loss(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = module(x).float()
+        return F.binary_cross_entropy_with_logits(logits, y * (1.0 - smoothing) + 0.5 * smoothing)
+
+    return compute_loss
 
 
 def fold_hash(cfg: Config, k: int, fingerprint: str, folds: pd.DataFrame, init_id: str) -> str:
@@ -232,11 +244,7 @@ def train_fold(
     # Self-Blended Images (finetune.aug.sbi > 0) on the whole aligned faces (the landmarks are theirs),
     # then the input fit (resize, or a random native-resolution window), then the augmentations.
     prepare = with_self_blend(fit.then(augment.prepare), cfg.finetune.aug.sbi, faces, train_rows)
-    smoothing = cfg.finetune.label_smoothing
-
-    def compute_loss(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = module(x).float()
-        return F.binary_cross_entropy_with_logits(logits, y * (1.0 - smoothing) + 0.5 * smoothing)
+    compute_loss = classification_loss(cfg.finetune.label_smoothing)
 
     validator = FoldValidator(val_rows, val_loader, runtime, fit, paths.fold_weights(k), h)
 

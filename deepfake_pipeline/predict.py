@@ -15,7 +15,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from .artifacts import RunPaths, load_faces, usable_faces
+from .artifacts import RunPaths, load_faces, per_id, usable_faces
 from .config import Config
 from .dataset import load_layout
 from .errors import PipelineError
@@ -46,8 +46,8 @@ def run_predict(cfg: Config, runtime: Runtime, paths: RunPaths, force: bool = Fa
     faces = load_faces(cfg)
     usable = usable_faces(faces, "test")
     prior = float(layout.train.frame["target"].mean())
-    logits = ensemble_logits(cfg, paths, runtime, folds, list(usable["path"]))
-    prob = dict(zip(usable["Id"], sigmoid(logits)))
+    ids, logits = per_id(usable["Id"], ensemble_logits(cfg, paths, runtime, folds, list(usable["path"])))
+    prob = dict(zip(ids, sigmoid(logits)))
     problems = [i for i in test_ids if i not in prob]
     if problems:
         log.warning("predict: %d test image(s) without an aligned face get the train prior %.3f, e.g. %s",

@@ -17,7 +17,7 @@ from .augment import build_train_augment, input_fit, train_jpeg
 from .checkpoint import read_done, save_weights, write_done
 from .config import Config, stage_hash
 from .dataset import FaceDataset
-from .engine import LoopSpec, TrainLoop
+from .engine import ComputeLoss, LoopSpec, TrainLoop
 from .errors import PipelineError, StaleOutputError
 from .runtime import Runtime, derive_seed, seed_everything
 from .simmim import SimMIM, generate_masks
@@ -27,6 +27,21 @@ log = logging.getLogger(__name__)
 
 def ssl_hash(cfg: Config, fingerprint: str) -> str:
     return stage_hash(cfg, ["model", "ssl"], extra={"faces": fingerprint, "seed": cfg.run.seed})
+
+
+def masked_image_loss(model: SimMIM, mask_ratio: float) -> ComputeLoss:
+    """SimMIM's loss with fresh masks per micro-batch, drawn from the step-seeded CPU generator (a
+    resumed run draws the same ones) and copied to the device without waiting for it."""
+
+    def compute_loss(module: torch.nn.Module, x: torch.Tensor, _targets: torch.Tensor) -> torch.Tensor:
+        grid_h, grid_w = model.mask_grid(*x.shape[-2:])
+        masks = generate_masks(x.shape[0], grid_h, grid_w, mask_ratio, None, torch.device("cpu"))
+        if x.is_cuda:
+            masks = masks.pin_memory()  # a pageable host copy could wait for the queued step
+        loss, _ = module(x, masks.to(x.device, non_blocking=True))
+        return loss
+
+    return compute_loss
 
 
 def run_ssl(cfg: Config, runtime: Runtime, paths: RunPaths, force: bool = False) -> None:
@@ -61,14 +76,7 @@ def run_ssl(cfg: Config, runtime: Runtime, paths: RunPaths, force: bool = False)
     # The input fit (resize, or a random native-resolution window), then the augmentations.
     prepare = input_fit(cfg.model).then(augment.prepare)
 
-    def compute_loss(module: torch.nn.Module, x: torch.Tensor, _targets: torch.Tensor) -> torch.Tensor:
-        # Masks come from the step-seeded global RNG, so a resumed run draws the same ones.
-        grid_h, grid_w = model.mask_grid(*x.shape[-2:])
-        masks = generate_masks(x.shape[0], grid_h, grid_w, cfg.ssl.mask_ratio, None, torch.device("cpu"))
-        if x.is_cuda:
-            masks = masks.pin_memory()  # a pageable host copy could wait for the queued step
-        loss, _ = module(x, masks.to(x.device, non_blocking=True))
-        return loss
+    compute_loss = masked_image_loss(model, cfg.ssl.mask_ratio)
 
     spec = LoopSpec(
         name="ssl", out_dir=out, epochs=cfg.ssl.epochs, batch_size=cfg.ssl.batch_size, optim=cfg.ssl.optim,

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .artifacts import RunPaths, fold_rows, load_faces
+from .artifacts import RunPaths, fold_rows, load_faces, per_id
 from .augment import input_fit, parse_tta
 from .checkpoint import load_weights, read_done
 from .config import Config, load_config
@@ -193,10 +193,11 @@ def calibrate_fold(cfg: Config, paths: RunPaths, runtime: Runtime, k: int, model
         raise PipelineError(f"fold {k}: no usable validation faces to calibrate on")
     if model is None:
         model = load_fold_model(cfg, paths, k, runtime)
-    logits = fold_logits(cfg, model, runtime, list(val_rows["path"]), desc=f"OOF fold {k}")
-    targets = val_rows["target"].to_numpy().astype(int)
+    ids, logits = per_id(val_rows["Id"], fold_logits(cfg, model, runtime, list(val_rows["path"]),
+                                                     desc=f"OOF fold {k}"))
+    targets = val_rows.drop_duplicates("Id").set_index("Id").loc[ids, "target"].to_numpy().astype(int)
     calibration = fit_platt(logits, targets)
-    preds = pd.DataFrame({"Id": val_rows["Id"], "fold": k, "target": targets, "logit": logits,
+    preds = pd.DataFrame({"Id": ids, "fold": k, "target": targets, "logit": logits,
                           "prob": sigmoid(calibration(logits))})
     key = _calibration_key(cfg, paths, k)
     record = _calibration_record(paths, k)
@@ -298,8 +299,10 @@ def ensemble_logits(
     cfg: Config, paths: RunPaths, runtime: Runtime, folds: list[int], image_paths: list[str],
     tta: list[str] | None = None, batch_size: int | None = None, per_fold: bool = False,
 ) -> np.ndarray:
-    """Calibrated log-odds for each image (aligned face files): the mean over ``folds`` of each fold
-    model's calibrated TTA logit. ``per_fold``: the (n_folds, n_images) matrix instead of the mean.
+    """Calibrated log-odds for each stage-1 image: the mean over ``folds`` of each fold model's
+    calibrated TTA logit. ``per_fold``: the (n_folds, n_images) matrix instead of the mean. Speech
+    windows come back one value each: :func:`~.artifacts.per_id` makes them one per clip (the fold
+    calibrations were fitted per clip, on the mean logit of its windows).
 
     Each fold's calibration is the one fitted for ``tta`` (``predict.tta`` when None); a fold without
     one is calibrated on its validation faces first.

@@ -46,7 +46,7 @@ def test_valid_layout(tmp_path: Path) -> None:
         ("Id,target_feature\ntr0,0\ntr1,-1\n", "label '-1'"),
         ("Id,target_feature\ntr0,0\ntr1,\n", "label '' for Id 'tr1'"),
         ("Id,target_feature\ntr0,0\ntr1,nan\n", "label 'nan'"),
-        ("Id,target_feature\ntr0,0\nnope,1\n", "Id 'nope' has no image"),
+        ("Id,target_feature\ntr0,0\nnope,1\n", "Id 'nope' has no file"),
         ("Id;target_feature\ntr0;0\n", "wrong delimiter?"),
         ("Id,target_feature\n../../etc/passwd,1\n", "path separator"),
         ("name,score\ntr0,0\n", "needs an Id column"),
