@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 DEMO_CONFIG ?= configs/demo.yaml
 DEMO_RUN    ?= weights/demo
 
-.PHONY: demo test chaos lint clean-demo
+.PHONY: demo test chaos lint clean-demo wheels gpu-wheels
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,3 +42,28 @@ chaos: $(STAMP)
 
 clean-demo:
 	rm -rf data/demo data/demo_faces_128 data/demo_diamonds.csv $(DEMO_RUN) weights/demo_round2
+
+# Offline installs (Kaggle notebooks with the internet off, the GPU check's machine): wheels of every
+# dependency at the versions of .venv, except torch/torchvision and their CUDA libraries (already in
+# such images), plus the project's own wheel. Then, with no network:
+#   pip install --no-index --find-links .whl deepfake-pipeline
+WHEELS ?= .whl
+EXCLUDE_WHEELS = '^(torch|torchvision|triton|nvidia-[a-z0-9-]+|cuda-[a-z0-9-]+|pip|setuptools|wheel|ruff)=='
+wheels: $(STAMP)
+	rm -rf $(WHEELS) && mkdir -p $(WHEELS)
+	$(PY) -m pip freeze --exclude-editable | grep -viE $(EXCLUDE_WHEELS) | grep '==' > $(WHEELS)/requirements.lock
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: -d $(WHEELS) -r $(WHEELS)/requirements.lock
+	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w $(WHEELS) .
+	@echo "$$(ls $(WHEELS)/*.whl | wc -l) wheels in $(WHEELS): pip install --no-index --find-links $(WHEELS) deepfake-pipeline"
+
+# What benchmarks/gpu_check.sh installs on a bare CUDA image (torch, torchvision, timm, PyYAML, OpenCV,
+# pandas, scikit-learn are there), at the versions of .venv, for CPython 3.11 and 3.12 on x86-64 Linux:
+# a few MiB, carried with the working tree to the GPU machine.
+GPU_WHEELS = kornia kornia_rs facenet-pytorch omegaconf
+gpu-wheels: $(STAMP)
+	rm -rf .carry/wheels && mkdir -p .carry/wheels
+	$(PY) -m pip freeze | grep -iE "^($$(echo $(GPU_WHEELS) | sed 's/ /|/g; s/[-_]/[-_]/g'))==" > .carry/wheels/requirements.lock
+	for v in 3.11 3.12; do $(PY) -m pip download --quiet --no-deps --only-binary=:all: \
+	    --python-version $$v --implementation cp --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+	    -d .carry/wheels -r .carry/wheels/requirements.lock || exit 1; done
+	du -sh .carry/wheels

@@ -25,5 +25,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_stages(cfg, args.stage, force=args.force)
 
 
+def entry() -> int:
+    """The installed command (pyproject [project.scripts]): errors as one line and exit code 2."""
+    return run_main(main)
+
+
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(entry())

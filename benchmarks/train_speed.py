@@ -192,6 +192,7 @@ def measure(job: Job, cfg: Config, device: str, peak: float | None, threads: int
         name=f"bench-{job.stage}", out_dir=Path(tempfile.gettempdir()) / "train_speed_unused", epochs=1,
         batch_size=job.batch, optim=dataclasses.replace(parts.optim, accum_steps=job.accum), seed=cfg.run.seed,
         stage_hash="bench", workers=0, ema_decay=parts.ema_decay, compile=job.compile,
+        compile_backend=cfg.run.compile_backend,
         progress=False,
     )
     loop = TrainLoop(spec, rt, parts.model, _Placeholder(job.batch * micro_total), parts.compute_loss,
@@ -507,6 +508,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=None, help="ours: micro-batch (default: the stage's batch_size)")
     p.add_argument("--accum", type=int, default=None, help="ours: accumulation steps (default: the stage's)")
     p.add_argument("--compile", action="store_true", help="ours: torch.compile (as run.compile)")
+    p.add_argument("--compile-backend", default=None, help="run.compile_backend (default inductor; eager: tracing only)")
     p.add_argument("--amp", default=None, help="ours: run.amp (auto, bf16, fp16, off)")
     p.add_argument("--steps", type=int, default=10, help="timed optimizer steps per variant")
     p.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps first (compile, autotune)")
@@ -536,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     channels = f"[{args.channels}]" if args.channels else None
     cfg = bench_config(args.config, args.set, **{
         "model.img_size": args.size, "model.backbone": args.backbone, "model.channels": channels,
-        "run.amp": args.amp,
+        "run.amp": args.amp, "run.compile_backend": args.compile_backend,
     })
     device = pick_device(args.device)
     fork = args.isolate == "fork" or (args.isolate == "auto" and device.type == "cpu")

@@ -199,6 +199,8 @@ class RunConfig:
     amp: str = "auto"
     channels_last: bool = True  # on CUDA only
     compile: bool = False
+    # torch.compile's backend: inductor (the fast one), or e.g. eager / aot_eager to check tracing only.
+    compile_backend: str = "inductor"
     workers: int = 4
     progress: bool = True
 
@@ -220,7 +222,7 @@ class Config:
 # rerunning with more workers or another device still counts as the same finished stage.
 _RUNTIME_KEYS = {
     "align": {"batch_size", "workers", "device", "max_unreadable_share"},
-    "run": {"device", "workers", "progress", "compile", "dir", "name"},
+    "run": {"device", "workers", "progress", "compile", "compile_backend", "dir", "name"},
     "predict": {"batch_size"},
 }
 

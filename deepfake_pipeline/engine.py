@@ -167,6 +167,7 @@ class LoopSpec:
     save_every: int = 0  # optimizer steps between mid-epoch checkpoints (0: epoch ends only)
     ema_decay: float | None = None
     compile: bool = False
+    compile_backend: str = "inductor"
     progress: bool = True
     select_metric: str | None = None  # e.g. "val_auc"; None: no best-epoch tracking
     extra_state: dict[str, Any] = field(default_factory=dict)
@@ -246,7 +247,7 @@ class TrainLoop:
             self.ddp = DistributedDataParallel(self.model, device_ids=ids)
             self.train_module = self.ddp
         if spec.compile:
-            self.train_module = torch.compile(self.train_module)
+            self.train_module = torch.compile(self.train_module, backend=spec.compile_backend)
 
         # Position and statistics (all restored on resume).
         self.epoch = 0

@@ -252,7 +252,7 @@ def train_fold(
         name=f"fold{k}", out_dir=out, epochs=cfg.finetune.epochs, batch_size=cfg.finetune.batch_size,
         optim=cfg.finetune.optim, seed=cfg.run.seed + 1000 * (k + 1), stage_hash=h,
         workers=cfg.run.workers, save_every=cfg.finetune.save_every,
-        ema_decay=cfg.finetune.ema_decay if cfg.finetune.ema else None, compile=cfg.run.compile,
+        ema_decay=cfg.finetune.ema_decay if cfg.finetune.ema else None, compile=cfg.run.compile, compile_backend=cfg.run.compile_backend,
         progress=cfg.run.progress, select_metric=cfg.finetune.select_metric,
     )
     n_pseudo = int(train_rows["is_pseudo"].sum())

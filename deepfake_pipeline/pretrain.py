@@ -81,7 +81,7 @@ def run_ssl(cfg: Config, runtime: Runtime, paths: RunPaths, force: bool = False)
     spec = LoopSpec(
         name="ssl", out_dir=out, epochs=cfg.ssl.epochs, batch_size=cfg.ssl.batch_size, optim=cfg.ssl.optim,
         seed=cfg.run.seed, stage_hash=h, workers=cfg.run.workers, save_every=cfg.ssl.save_every,
-        compile=cfg.run.compile, progress=cfg.run.progress,
+        compile=cfg.run.compile, compile_backend=cfg.run.compile_backend, progress=cfg.run.progress,
     )
     log.info("ssl: %d faces (%s), %s, mask ratio %.2f at %d px patches, %s", len(dataset), "+".join(splits),
              cfg.model.backbone, cfg.ssl.mask_ratio, cfg.ssl.mask_patch, runtime.describe())
