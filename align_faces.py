@@ -13,8 +13,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from deepfake_pipeline.align import parse_shard, run_align, shard_from_env
+from deepfake_pipeline.align import run_align
 from deepfake_pipeline.cli import base_parser, config_from_args, run_main, setup_logging
+from deepfake_pipeline.journal import parse_shard, shard_from_env
 
 
 def main(argv: Sequence[str] | None = None) -> int:

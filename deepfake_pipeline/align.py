@@ -19,19 +19,15 @@ WORLD_SIZE give i and n. Each shard appends to its own journal file.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
 import logging
 import multiprocessing
-import os
 import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import cv2
 import numpy as np
@@ -41,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .config import AlignConfig, Config, stage_hash, to_dict, to_yaml
 from .dataset import load_layout
-from .errors import ConfigError, DataValidationError, ImageReadError, PipelineError
+from .errors import DataValidationError, ImageReadError, PipelineError
 from .faces import (
     Face,
     FaceDetector,
@@ -53,12 +49,21 @@ from .faces import (
     resolve_device,
 )
 from .images import atomic_write_text, read_image, save_csv, save_jpeg
+from .journal import (
+    SPLITS,
+    Journal,
+    Shard,
+    journal_dir,
+    journal_in_use,
+    read_journals,
+    remove_old_temps,
+    selected_splits,
+)
 from .runtime import show_progress
 
 log = logging.getLogger(__name__)
 
 ALIGN_VERSION = 1  # bump when the crop policy changes: old outputs are then redone
-SPLITS = ("train", "test")
 MANIFEST_NAME = "faces.csv"
 MANIFEST_COLUMNS = [
     "Id", "split", "status", "prob", "box", "n_faces", "src_width", "src_height", "path", "note",
@@ -78,37 +83,6 @@ def settings_hash(cfg: Config) -> str:
     align = {k: v for k, v in full["align"].items() if k not in _HASH_EXCLUDED}
     data = {k: full["data"][k] for k in ("max_pixels", "allow_truncated")}
     return stage_hash(cfg, [], extra={"align": align, "data": data, "version": ALIGN_VERSION})
-
-
-# ---------------------------------------------------------------- shards
-
-
-@dataclass(frozen=True)
-class Shard:
-    index: int = 0
-    count: int = 1
-
-    def __post_init__(self) -> None:
-        if self.count < 1 or not 0 <= self.index < self.count:
-            raise ConfigError(f"--shard {self.index}/{self.count}: need 0 <= i < n")
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
-
-
-def parse_shard(text: str) -> Shard:
-    """``"i/n"`` -> Shard(i, n)."""
-    try:
-        i, n = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise ConfigError(f"--shard {text!r}: expected i/n, e.g. 0/2") from None
-    return Shard(i, n)
-
-
-def shard_from_env() -> Shard:
-    """RANK/WORLD_SIZE under torchrun, else the single shard 0/1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return Shard(int(os.environ.get("RANK", "0")), world) if world > 1 else Shard()
 
 
 # ---------------------------------------------------------------- plan
@@ -153,29 +127,6 @@ def plan_items(cfg: Config) -> list[Item]:
 # ---------------------------------------------------------------- journal
 
 
-def _journal_dir(out: Path) -> Path:
-    return out / ".journal"
-
-
-def read_journals(out: Path) -> Iterator[dict[str, Any]]:
-    """Every complete JSON line of every journal (torn or garbled lines are skipped)."""
-    folder = _journal_dir(out)
-    if not folder.is_dir():
-        return
-    for path in sorted(folder.glob("*.jsonl")):
-        with open(path, "rb") as fh:
-            for raw in fh:
-                if not raw.endswith(b"\n"):
-                    break  # a torn last line from a kill
-                try:
-                    entry = json.loads(raw)
-                except ValueError:
-                    log.warning("%s: skipping a garbled journal line", path)
-                    continue
-                if isinstance(entry, dict):
-                    yield entry
-
-
 def _output_stat(path: Path) -> str:
     try:
         st = path.stat()
@@ -201,46 +152,6 @@ def valid_entries(out: Path, items: list[Item], digest: str) -> dict[tuple[str, 
         except (KeyError, TypeError):
             continue
     return best
-
-
-class Journal:
-    """Append-only JSON-lines file of one shard; locked against a second writer."""
-
-    def __init__(self, path: Path, truncate: bool = False):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._fh: IO[bytes] = open(path, "ab+")  # noqa: SIM115 (closed in close())
-        try:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._fh.close()
-            raise PipelineError(f"{path} is in use: is the same shard already running?") from None
-        if truncate:
-            self._fh.truncate(0)
-        else:
-            self._cut_torn_tail()
-
-    def _cut_torn_tail(self) -> None:
-        self._fh.seek(0)
-        data = self._fh.read()
-        if data and not data.endswith(b"\n"):
-            self._fh.truncate(data.rfind(b"\n") + 1)
-        self._fh.seek(0, os.SEEK_END)
-
-    def append(self, entry: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(entry, separators=(",", ":")).encode() + b"\n")
-        self._fh.flush()
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.fsync(self._fh.fileno())
-        self._fh.close()
-
-    def __enter__(self) -> Journal:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # ---------------------------------------------------------------- decoding (DataLoader workers)
@@ -412,41 +323,10 @@ class AlignSummary:
         return " | ".join(parts)
 
 
-def _remove_old_temps(folder: Path, min_age_s: float) -> int:
-    """images.remove_stale_temps, sparing temp files young enough to belong to a running shard."""
-    count, now = 0, time.time()
-    for tmp in folder.glob(".*.tmp"):
-        with contextlib.suppress(FileNotFoundError):
-            if now - tmp.stat().st_mtime >= min_age_s:
-                tmp.unlink()
-                count += 1
-    return count
-
-
-def _in_use(journal: Path) -> bool:
-    """Whether another process holds this journal's lock (a shard is running)."""
-    try:
-        with open(journal, "rb") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    return False
-
-
-def _selected(splits: str | tuple[str, ...]) -> tuple[str, ...]:
-    chosen = SPLITS if splits in ("all", None) else ((splits,) if isinstance(splits, str) else tuple(splits))
-    unknown = [s for s in chosen if s not in SPLITS]
-    if unknown:
-        raise ConfigError(f"--split {unknown[0]!r}: expected train, test or all")
-    return chosen
-
-
 def run_align(cfg: Config, splits: str | tuple[str, ...] = "all", shard: Shard | None = None,
               force: bool = False, merge_only: bool = False) -> AlignSummary:
     """Align the images of ``splits`` that belong to ``shard``; rebuild faces.csv when complete."""
-    chosen = _selected(splits)
+    chosen = selected_splits(splits)
     shard = shard or Shard()
     out = Path(cfg.align.out)
     digest = settings_hash(cfg)
@@ -456,13 +336,13 @@ def run_align(cfg: Config, splits: str | tuple[str, ...] = "all", shard: Shard |
 
     if not merge_only:
         mine = wanted[shard.index::shard.count]
-        journal_path = _journal_dir(out) / f"{'-'.join(chosen)}-{shard.index}-of-{shard.count}.jsonl"
+        journal_path = journal_dir(out) / f"{'-'.join(chosen)}-{shard.index}-of-{shard.count}.jsonl"
         with Journal(journal_path, truncate=force) as journal:
             # Leftovers of a killed run; while another shard runs, only old ones (its are fresh).
-            others = any(_in_use(p) for p in _journal_dir(out).glob("*.jsonl") if p != journal_path)
+            others = any(journal_in_use(p) for p in journal_dir(out).glob("*.jsonl") if p != journal_path)
             for folder in (out, out / "train", out / "test"):
                 folder.mkdir(parents=True, exist_ok=True)
-                _remove_old_temps(folder, min_age_s=120.0 if others else 0.0)
+                remove_old_temps(folder, min_age_s=120.0 if others else 0.0)
             header = f"# align settings hash: {digest}\n"
             atomic_write_text(out / "align_config.yaml", header + to_yaml(cfg))
             done = {} if force else valid_entries(out, mine, digest)
@@ -499,8 +379,26 @@ def run_align(cfg: Config, splits: str | tuple[str, ...] = "all", shard: Shard |
     if missing:
         log.warning("faces.csv has no rows for split(s) %s yet (run with --split all)", ", ".join(missing))
     print(summary.line(), flush=True)
+    _report_face_sizes(manifest, cfg)
     _check_unreadable(manifest, cfg)
     return summary
+
+
+def _report_face_sizes(manifest: pd.DataFrame, cfg: Config) -> None:
+    """Log the median face square in source pixels: native windows (align.resize false) show the face
+    whole when align.size is about that, and cut into it when much smaller."""
+    faces = manifest[manifest["status"] == "face"]
+    sides = []
+    for face_box in faces.get("face_box", pd.Series(dtype=str)):
+        values = [float(v) for v in str(face_box).split()] if face_box else []
+        if len(values) == 4:
+            w, h = values[2] - values[0], values[3] - values[1]
+            sides.append(max(w, h) * (1 + 2 * cfg.align.margin))
+    if sides:
+        median = float(np.median(sides))
+        log.info("align: median face square %.0f px in the source images (with the margin); align.size %d%s",
+                 median, cfg.align.size, " (native windows: smaller than most faces, they show their centre)"
+                 if not cfg.align.resize and cfg.align.size < 0.75 * median else "")
 
 
 def build_manifest(items: list[Item], entries: dict[tuple[str, str], dict[str, Any]], out: Path

@@ -65,12 +65,24 @@ def run_paths(cfg: Config) -> RunPaths:
     return RunPaths(Path(cfg.run.dir))
 
 
+def stage1_out(cfg: Config) -> Path:
+    """Stage 1's output folder: ``align.out`` (faces) or ``audio.out`` (speech windows)."""
+    return Path(cfg.audio.out if cfg.data.modality == "audio" else cfg.align.out)
+
+
+def stage1_hash(cfg: Config) -> str:
+    """The settings hash stage 1 records in every manifest row (align.py or audio_stage.py)."""
+    if cfg.data.modality == "audio":
+        from .audio_stage import settings_hash
+    else:
+        from .align import settings_hash
+    return settings_hash(cfg)
+
+
 def save_run_config(cfg: Config, paths: RunPaths) -> None:
     """The resolved config beside the run's outputs, with the hash of each stage's settings."""
-    from .align import settings_hash
-
     hashes = {
-        "align": settings_hash(cfg),  # the value faces.csv records per row
+        "align": stage1_hash(cfg),  # the value the stage-1 manifest records per row
         "ssl": stage_hash(cfg, ["model", "ssl"]),
         "finetune": stage_hash(cfg, ["model", "finetune"]),
     }
@@ -79,10 +91,12 @@ def save_run_config(cfg: Config, paths: RunPaths) -> None:
 
 
 def load_faces(cfg: Config) -> pd.DataFrame:
-    """The alignment manifest (``<align.out>/faces.csv``); every input Id has one row."""
-    path = Path(cfg.align.out) / "faces.csv"
+    """The stage-1 manifest (``faces.csv`` in :func:`stage1_out`); every input Id has a row (speech: one
+    per window, or one saying why there is none)."""
+    path = stage1_out(cfg) / "faces.csv"
     if not path.is_file():
-        raise PipelineError(f"{path} not found: run align_faces.py with this config first")
+        cli = "prepare_audio.py" if cfg.data.modality == "audio" else "align_faces.py"
+        raise PipelineError(f"{path} not found: run {cli} with this config first")
     faces = pd.read_csv(path, dtype={"Id": str}, keep_default_na=False)
     needed = {"Id", "split", "status", "path"}
     if not needed <= set(faces.columns):

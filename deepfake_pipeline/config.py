@@ -291,6 +291,19 @@ def _check_values(cfg: Config) -> None:
             problems.append(f"audio.channels: unknown channel {name!r} (mel, linear, delta)")
     if len(cfg.audio.channels) != 3:
         problems.append("audio.channels: exactly 3 (the stage writes RGB images)")
+    a = cfg.audio
+    problems += [message for ok, message in (
+        (a.sample_rate > 0, "audio.sample_rate: must be > 0"),
+        (a.n_fft >= 2, "audio.n_fft: must be >= 2"),
+        (a.hop_length > 0, "audio.hop_length: must be > 0"),
+        (a.n_mels >= 1 and a.frames >= 1, "audio.n_mels and audio.frames: must be >= 1"),
+        (0.0 <= a.window_overlap < 1.0, "audio.window_overlap: must be in [0, 1)"),
+        (a.max_windows >= 1, "audio.max_windows: must be >= 1"),
+        (a.min_speech_s >= 0.0 and a.trim_db > 0.0, "audio.min_speech_s >= 0 and audio.trim_db > 0 needed"),
+        (len(a.db_range) == 2 and a.db_range[0] < a.db_range[1], "audio.db_range: [low, high] with low < high"),
+        (a.max_seconds > 0.0, "audio.max_seconds: must be > 0"),
+        (a.workers >= 0, "audio.workers: must be >= 0"),
+    ) if not ok]
     if cfg.align.select not in ("prob", "largest"):
         problems.append(f"align.select: {cfg.align.select!r} is not one of prob, largest")
     for name in cfg.model.channels:

@@ -345,13 +345,16 @@ class FaceDataset(Dataset):
 
 
 def decode_face(path: str) -> torch.Tensor:
-    """JPEG file -> uint8 3xHxW tensor with libjpeg-turbo; other files via ``read_image``."""
-    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+    """Stage-1 image -> uint8 3xHxW tensor: JPEG (faces) with libjpeg-turbo, PNG (speech windows) with
+    libpng; anything else, or a file they refuse, via ``read_image`` (which names the file)."""
+    from torchvision.io import ImageReadMode, decode_jpeg, decode_png, read_file
 
-    if path.lower().endswith((".jpg", ".jpeg")):
+    lower = path.lower()
+    decoder = decode_jpeg if lower.endswith((".jpg", ".jpeg")) else decode_png if lower.endswith(".png") else None
+    if decoder is not None:
         try:
-            return decode_jpeg(read_file(path), mode=ImageReadMode.RGB)
+            return decoder(read_file(path), mode=ImageReadMode.RGB)
         except RuntimeError:
-            pass  # not a clean baseline JPEG: the robust reader below decides (and names the file)
+            pass  # not a clean file of that format: the robust reader below decides
     pixels = read_image(path).pixels
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .artifacts import RunPaths, load_faces
+from .artifacts import RunPaths, load_faces, stage1_hash, stage1_out, usable_faces
 from .augment import InputFit, input_fit, parse_tta
 from .config import Config
 from .dataset import decode_face, input_extensions, list_images, load_layout, read_labels, split_dirs
@@ -58,12 +58,18 @@ View = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass
 class Aligned:
-    """One raw image aligned now: status face | fallback | whole | unreadable."""
+    """One raw input through stage 1 now: status face | fallback | whole | unreadable (images) or
+    window | silent | unreadable (speech)."""
 
     status: str
-    path: Path | None = None  # the crop (JPEG, like the alignment stage writes)
+    path: Path | None = None  # the crop (JPEG, as the alignment stage writes it); speech: the first window
     prob: float | None = None  # detection probability of the chosen face
     note: str = ""
+    items: list[Path] = field(default_factory=list)  # every stage-1 image: [path] for a face, the windows
+
+    def __post_init__(self) -> None:
+        if self.path is not None and not self.items:
+            self.items = [self.path]
 
 
 class OnTheFlyAligner:
@@ -152,9 +158,39 @@ class OnTheFlyAligner:
             save_jpeg(target, crop, acfg.jpeg_quality)
         except Exception as exc:  # a crop that cannot be made or written
             return Aligned("unreadable", note=f"alignment failed: {type(exc).__name__}: {exc}")
-        result.path = target
+        result.path, result.items = target, [target]
         result.note = "; ".join(notes)
         return result
+
+
+class OnTheFlySpectrograms:
+    """Speech clips through stage 1 now (``audio.render_clip`` with the run's ``audio`` settings): the
+    windows as PNGs in ``workdir``; silent or unreadable clips get no window and say why."""
+
+    def __init__(self, cfg: Config, workdir: Path):
+        self.cfg = cfg
+        self.workdir = workdir
+        self._count = 0
+
+    def align(self, sources: list[Path]) -> list[Aligned]:
+        from .audio import render_clip
+
+        out = []
+        for src in sources:
+            clip = render_clip(src, self.cfg.audio, self.cfg.data.allow_truncated)
+            items = []
+            for window in clip.windows:
+                target = self.workdir / f"{self._count:07d}_w{window.index}.png"  # never built from an Id
+                target.write_bytes(window.png)
+                items.append(target)
+            self._count += 1
+            out.append(Aligned(clip.status, items[0] if items else None, note=clip.note, items=items))
+        return out
+
+
+def on_the_fly(cfg: Config, device: torch.device, workdir: Path) -> OnTheFlyAligner | OnTheFlySpectrograms:
+    """Stage 1 for raw inputs, as the run's modality does it."""
+    return OnTheFlySpectrograms(cfg, workdir) if cfg.data.modality == "audio" else OnTheFlyAligner(cfg, device, workdir)
 
 
 # ----------------------------------------------------------------------------- robust forward
@@ -268,11 +304,12 @@ def _short(exc: BaseException) -> str:
 
 
 class _FaceFiles(Dataset):
-    """Aligned face files -> uint8 3xSxS tensors; a file that cannot be decoded yields its error instead."""
+    """Stage-1 image files -> uint8 3xHxW tensors of one shape (``size``: side, or (height, width));
+    a file that cannot be decoded yields its error instead."""
 
-    def __init__(self, paths: list[Path], size: int):
+    def __init__(self, paths: list[Path], size: int | tuple[int, int]):
         self.paths = paths
-        self.size = size
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -280,9 +317,9 @@ class _FaceFiles(Dataset):
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
             image = decode_face(str(self.paths[index]))
-            if tuple(image.shape[1:]) != (self.size, self.size):  # one size per batch: stackable
+            if tuple(image.shape[1:]) != self.size:  # one size per batch: stackable
                 image = torch.nn.functional.interpolate(
-                    image[None].float(), size=(self.size, self.size), mode="bilinear", antialias=True,
+                    image[None].float(), size=self.size, mode="bilinear", antialias=True,
                     align_corners=False,
                 )[0].round().clamp(0, 255).to(torch.uint8)
             return index, image, None
@@ -294,7 +331,7 @@ def _as_list(batch: list) -> list:
     return batch
 
 
-def predict_files(predictor: SafePredictor, paths: list[Path], size: int, workers: int, chunk: int,
+def predict_files(predictor: SafePredictor, paths: list[Path], size: int | tuple[int, int], workers: int, chunk: int,
                   progress: bool = False) -> tuple[np.ndarray, list[str | None], list[str | None]]:
     """(mean logits, decode errors, model errors) for aligned face files, in order."""
     from tqdm import tqdm
@@ -398,28 +435,27 @@ def test_set_and_prior(cfg: Config, paths: RunPaths) -> tuple[dict[str, Path], f
     return test, prior
 
 
-def aligned_faces(cfg: Config, test_ids: list[str]) -> tuple[dict[str, tuple[Path, str]], str]:
-    """Test Id -> (aligned face file in ``align.out``, its status), for the faces.csv rows whose file is
-    there; and why there are none when faces.csv cannot be read."""
+def aligned_faces(cfg: Config, test_ids: list[str]) -> tuple[dict[str, tuple[list[Path], str]], str]:
+    """Test Id -> (its stage-1 image files in this config's stage-1 folder, status), for the manifest
+    rows whose files are there (a face: one file; a clip: its windows); and why there are none when
+    the manifest cannot be read."""
     try:
         faces = load_faces(cfg)
     except Exception as exc:
-        return {}, f"no alignment manifest: {_short(exc)}"
-    folder = Path(cfg.align.out)
+        return {}, f"no stage-1 manifest: {_short(exc)}"
+    folder = stage1_out(cfg)
     wanted = set(test_ids)
-    found = {}
-    rows = faces[(faces["split"] == "test") & (faces["status"] != "unreadable") & (faces["path"] != "")]
+    found: dict[str, tuple[list[Path], str]] = {}
+    rows = usable_faces(faces, "test")
     for ident, recorded, status in zip(rows["Id"], rows["path"], rows["status"]):
-        # The file of *this* faces folder (align.out), wherever it was when faces.csv was written.
+        # The file of *this* stage-1 folder, wherever it was when the manifest was written.
         path = folder / "test" / Path(str(recorded)).name
         if ident in wanted and path.is_file():
-            found[ident] = (path, str(status))
+            found.setdefault(ident, ([], str(status)))[0].append(path)
     try:
-        from .align import settings_hash
-
         recorded_hash = set(faces["settings_hash"]) if "settings_hash" in faces.columns else set()
-        if recorded_hash and recorded_hash != {settings_hash(cfg)}:
-            log.warning("safe inference: %s was made with other align settings than this config's", folder)
+        if recorded_hash and recorded_hash != {stage1_hash(cfg)}:
+            log.warning("safe inference: %s was made with other stage-1 settings than this config's", folder)
     except Exception:  # the check is advice only
         pass
     return found, ""
@@ -477,10 +513,35 @@ def make_predictor(cfg: Config, paths: RunPaths, runtime: Runtime, fast: bool) -
                              cfg.predict, tta=[v.name for v in views])), paths, runtime, sorted(models)))
 
 
-def _predict_paths(cfg: Config, predictor: SafePredictor, paths: list[Path]
+def item_shape(cfg: Config) -> tuple[int, int]:
+    """(height, width) of a stage-1 image: the aligned face, or a speech window."""
+    if cfg.data.modality == "audio":
+        return cfg.audio.n_mels, cfg.audio.frames
+    return cfg.align.size, cfg.align.size
+
+
+def _predict_paths(cfg: Config, predictor: SafePredictor, groups: list[list[Path]]
                    ) -> tuple[np.ndarray, list[str | None], list[str | None]]:
-    return predict_files(predictor, paths, cfg.align.size, cfg.run.workers, cfg.predict.batch_size,
-                         cfg.run.progress)
+    """(logit, decode error, model error) per group of stage-1 images: one face, or a clip's windows,
+    whose logits are averaged over the windows that decoded and ran (errors only when none did)."""
+    flat = [p for group in groups for p in group]
+    logits, decode_errors, model_errors = predict_files(predictor, flat, item_shape(cfg), cfg.run.workers,
+                                                        cfg.predict.batch_size, cfg.run.progress)
+    out = np.full(len(groups), np.nan)
+    dec: list[str | None] = [None] * len(groups)
+    mod: list[str | None] = [None] * len(groups)
+    at = 0
+    for g, group in enumerate(groups):
+        part = slice(at, at + len(group))
+        at += len(group)
+        values = logits[part]
+        ok = np.isfinite(values)
+        if ok.any():
+            out[g] = float(values[ok].mean())
+        elif group:
+            dec[g] = next((e for e in decode_errors[part] if e), None)
+            mod[g] = None if dec[g] else next((e for e in model_errors[part] if e), "no prediction")
+    return out, dec, mod
 
 
 def safe_inference(cfg: Config, paths: RunPaths, runtime: Runtime, out: Path, fast: bool = False) -> SafeResult:
@@ -495,34 +556,35 @@ def safe_inference(cfg: Config, paths: RunPaths, runtime: Runtime, out: Path, fa
     status = {i: have[i][1] for i in have}
     reasons: dict[str, str] = {}
 
-    # 1. Faces aligned by align_faces.py; a file that does not decode is realigned below.
+    # 1. Stage-1 images on disk (align_faces.py, prepare_audio.py); one that does not decode: redone below.
     ids = [i for i in test_ids if i in have]
     logits, decode_errors, model_errors = _predict_paths(cfg, predictor, [have[i][0] for i in ids])
     again = []
     for i, value, dec, err in zip(ids, logits, decode_errors, model_errors):
         if dec is not None:
             again.append(i)
-            reasons[i] = f"aligned face unreadable ({dec})"
+            reasons[i] = f"stage-1 image unreadable ({dec})"
         elif err is not None:
             reasons[i] = err
         else:
             prob[i], source[i] = float(sigmoid(value)), "aligned"
-    # 2. The rest from the raw images, aligned now.
+    # 2. The rest from the raw inputs, through stage 1 now.
     missing = [i for i in test_ids if i not in have]
     if missing:
-        log.warning("safe inference: %d test image(s) without an aligned face (%s): aligning them on the fly",
-                    len(missing), why or f"not in {Path(cfg.align.out) / 'faces.csv'} or file missing")
+        log.warning("safe inference: %d test input(s) without a stage-1 image (%s): stage 1 on the fly",
+                    len(missing), why or f"not in {stage1_out(cfg) / 'faces.csv'} or file missing")
     todo = missing + again
     if todo:
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".safe_faces_", dir=out.parent) as tmp:
-            aligned = OnTheFlyAligner(cfg, runtime.device, Path(tmp)).align([test[i] for i in todo])
-            ready = [(i, a) for i, a in zip(todo, aligned) if a.path is not None]
+            aligned = on_the_fly(cfg, runtime.device, Path(tmp)).align([test[i] for i in todo])
+            ready = [(i, a) for i, a in zip(todo, aligned) if a.items]
             for i, a in zip(todo, aligned):
                 status[i] = a.status
-                if a.path is None:
-                    reasons[i] = "; ".join(filter(None, [reasons.get(i), f"raw image unreadable: {a.note}"]))
-            logits, decode_errors, model_errors = _predict_paths(cfg, predictor, [a.path for _, a in ready])
+                if not a.items:
+                    what = "raw input unreadable" if a.status == "unreadable" else f"raw input {a.status}"
+                    reasons[i] = "; ".join(filter(None, [reasons.get(i), f"{what}: {a.note}"]))
+            logits, decode_errors, model_errors = _predict_paths(cfg, predictor, [a.items for _, a in ready])
             for (i, _), value, dec, err in zip(ready, logits, decode_errors, model_errors):
                 if dec is not None or err is not None:
                     reasons[i] = "; ".join(filter(None, [reasons.get(i), dec or err]))
@@ -573,9 +635,9 @@ def inspect_images(cfg: Config, paths: RunPaths, runtime: Runtime, inputs: list[
     threshold = threshold_or_default(paths)
     rows = []
     with tempfile.TemporaryDirectory(prefix="safe_faces_") as tmp:
-        aligned = OnTheFlyAligner(cfg, runtime.device, Path(tmp)).align(inputs)
-        ready = [k for k, a in enumerate(aligned) if a.path is not None]
-        logits, decode_errors, model_errors = _predict_paths(cfg, predictor, [aligned[k].path for k in ready])
+        aligned = on_the_fly(cfg, runtime.device, Path(tmp)).align(inputs)
+        ready = [k for k, a in enumerate(aligned) if a.items]
+        logits, decode_errors, model_errors = _predict_paths(cfg, predictor, [aligned[k].items for k in ready])
         result = {k: (v, d or e) for k, v, d, e in zip(ready, logits, decode_errors, model_errors)}
     for k, (src, a) in enumerate(zip(inputs, aligned)):
         value, error = result.get(k, (np.nan, None))

@@ -16,7 +16,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from deepfake_pipeline.align import Journal, Shard, parse_shard, read_journals, run_align, settings_hash
+from deepfake_pipeline.align import run_align, settings_hash
 from deepfake_pipeline.config import AlignConfig, Config, load_config
 from deepfake_pipeline.demo_data import render_image
 from deepfake_pipeline.errors import ConfigError, DataValidationError, PipelineError
@@ -35,6 +35,7 @@ from deepfake_pipeline.faces import (
     native_crop,
     native_window,
 )
+from deepfake_pipeline.journal import Journal, Shard, parse_shard, read_journals
 
 from .conftest import PYTHON, REPO, shared_dataset
 

@@ -1,0 +1,359 @@
+"""Stage 1 for speech (prepare_audio.py): every clip -> spectrogram window PNGs + manifest rows.
+
+The audio twin of :mod:`deepfake_pipeline.align`, with the same contract, resume and shards.
+Outputs under ``audio.out``::
+
+    train/<Id>_w<k>.png  test/<Id>_w<k>.png   n_mels x frames RGB windows (PNG, written atomically)
+    faces.csv                                 the stage-1 manifest: one row per window, plus one row
+                                              (window -1, no path) per clip without a window
+    align_config.yaml                         the resolved config, headed by the settings hash
+    .journal/<splits>-<i>-of-<n>.jsonl        one JSON line per finished clip, per shard
+
+Resume: a clip's journal line is appended (and flushed) only after all its PNGs are in place. A
+rerun reuses a line when its settings hash, the source fingerprint (size + mtime_ns) and every
+window file's (size, mtime_ns) still match; anything else is redone. Torn last lines are ignored
+and cut. ``faces.csv`` is (re)built from all journals by whichever shard finds every clip of the
+requested splits done, or by ``--merge-only``. Shards deal the sorted (split, Id) keys as
+``keys[i::n]``, exactly like alignment (the same Shard, Journal and journal reader).
+
+Workers: ``audio.workers`` processes from a forkserver that preloads only :mod:`.audio` (numpy,
+scipy, soundfile: no torch) decode and render; this process writes the files and the journal, in
+the order of the keys. Each clip's PNGs depend on that clip and the settings alone, so the output
+is byte-identical whatever the worker count.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .audio import AUDIO_VERSION, DELTA_DB, Clip, exit_with, render_clip, window_samples
+from .config import Config, stage_hash, to_dict, to_yaml
+from .dataset import load_layout
+from .errors import ConfigError, DataValidationError, PipelineError
+from .faults import failpoint
+from .images import atomic_write_bytes, atomic_write_text, save_csv
+from .journal import (
+    SPLITS,
+    Journal,
+    Shard,
+    journal_in_use,
+    read_journals,
+    remove_old_temps,
+    selected_splits,
+)
+from .runtime import show_progress
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "faces.csv"  # the stage-1 contract's name, shared with alignment
+MANIFEST_COLUMNS = [
+    "Id", "split", "window", "status", "path", "note", "start_s", "end_s", "duration_s", "src_rate",
+    "src_channels", "settings_hash",
+]
+# Audio keys that never change a window (speed, location) stay out of the hash.
+_HASH_EXCLUDED = {"workers", "out"}
+
+
+def settings_hash(cfg: Config) -> str:
+    """Hash of what decides the windows: audio settings, the decoder's data setting, the version.
+
+    ``data.root`` and ``audio.out`` are left out on purpose: sources are fingerprinted one by one.
+    """
+    full = to_dict(cfg)
+    audio = {k: v for k, v in full["audio"].items() if k not in _HASH_EXCLUDED}
+    data = {"allow_truncated": full["data"]["allow_truncated"]}
+    extra = {"audio": audio, "data": data, "version": AUDIO_VERSION, "delta_db": DELTA_DB}
+    return stage_hash(cfg, [], extra=extra)
+
+
+def check_audio_config(cfg: Config) -> None:
+    """The stage is for speech: ``data.modality`` must say so (the ``audio.*`` values are checked when
+    the config loads, config._check_values)."""
+    if cfg.data.modality != "audio":
+        raise ConfigError(f"data.modality is {cfg.data.modality!r}: prepare_audio.py needs data.modality=audio")
+
+
+# ---------------------------------------------------------------- plan
+
+
+@dataclass
+class ClipItem:
+    split: str
+    id: str
+    src: Path
+    fingerprint: str  # "<size>-<mtime_ns>" of the source, "" when it cannot be stat'ed
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.split, self.id
+
+    def rel_out(self, window: int) -> str:
+        return f"{self.split}/{self.id}_w{window}.png"
+
+
+def _stat(path: Path) -> str:
+    try:
+        st = path.stat()
+    except OSError:
+        return ""
+    return f"{st.st_size}-{st.st_mtime_ns}"
+
+
+def plan_clips(cfg: Config) -> list[ClipItem]:
+    """Validate the layout (raises DataValidationError) and list every (split, Id), sorted."""
+    # Headers are not pre-checked: render_clip reads them and records unreadable clips.
+    layout = load_layout(cfg.data, check_images=False)
+    items = [ClipItem(split.name, str(ident), Path(path), _stat(Path(path)))
+             for split in (layout.train, layout.test)
+             for ident, path in zip(split.frame["Id"], split.frame["path"])]
+    items.sort(key=lambda it: it.key)
+    return items
+
+
+# ---------------------------------------------------------------- journal
+
+
+def _journal_dir(out: Path) -> Path:
+    return out / ".journal"
+
+
+def valid_entries(out: Path, items: list[ClipItem], digest: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """Newest journal entry per key that still matches settings, source and every window file."""
+    by_key = {it.key: it for it in items}
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    for entry in read_journals(out):
+        try:
+            key = (entry["split"], entry["Id"])
+            item = by_key.get(key)
+            if item is None or entry["hash"] != digest or entry["src_fp"] != item.fingerprint:
+                continue
+            if any(w["out_fp"] != _stat(out / w["path"]) for w in entry["windows"]):
+                continue
+            if key not in best or entry["t"] >= best[key]["t"]:
+                best[key] = entry
+        except (KeyError, TypeError):
+            continue
+    return best
+
+
+# ---------------------------------------------------------------- one clip -> files + entry
+
+
+def _remove_stale_windows(out: Path, item: ClipItem, keep: int) -> None:
+    """Delete window files ``keep``, ``keep + 1``, ... left by an earlier run with more windows."""
+    k = keep
+    while True:
+        try:
+            (out / item.rel_out(k)).unlink()
+        except FileNotFoundError:
+            return
+        k += 1
+
+
+def _finish(item: ClipItem, clip: Clip, out: Path, digest: str) -> dict[str, Any]:
+    """Write the clip's PNGs (atomically) and return its journal entry."""
+    windows = []
+    for w in clip.windows:
+        rel = item.rel_out(w.index)
+        atomic_write_bytes(out / rel, w.png)
+        windows.append({"window": w.index, "path": rel, "start_s": w.start_s, "end_s": w.end_s,
+                        "out_fp": _stat(out / rel)})
+    _remove_stale_windows(out, item, len(windows))
+    return {
+        "split": item.split, "Id": item.id, "status": clip.status, "note": clip.note,
+        "duration_s": clip.duration_s, "src_rate": clip.src_rate, "src_channels": clip.src_channels,
+        "windows": windows, "hash": digest, "src_fp": item.fingerprint, "t": time.time(),
+    }
+
+
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """Workers forked from a fresh forkserver (as alignment does) that imports only the audio module."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["deepfake_pipeline.audio"])
+    return ctx
+
+
+def render_stream(items: list[ClipItem], cfg: Config) -> Iterator[tuple[ClipItem, Clip]]:
+    """(item, rendered clip) in the order of ``items``; ``audio.workers`` processes, a bounded queue."""
+    audio, allow_truncated = cfg.audio, cfg.data.allow_truncated
+    if audio.workers <= 0:
+        for item in items:
+            yield item, render_clip(item.src, audio, allow_truncated)
+        return
+    limit = 4 * audio.workers
+    ctx = _worker_context()
+    alive, keep_alive = ctx.Pipe(duplex=False)  # workers exit when keep_alive closes (with this process)
+    # render_clip and exit_with live in .audio, so unpickling them in a worker imports nothing heavier.
+    try:
+        with ProcessPoolExecutor(max_workers=audio.workers, mp_context=ctx, initializer=exit_with,
+                                 initargs=(alive,)) as pool:
+            queue: deque[tuple[ClipItem, Future]] = deque()
+            for item in items:
+                queue.append((item, pool.submit(render_clip, item.src, audio, allow_truncated)))
+                if len(queue) >= limit:
+                    yield _result(*queue.popleft())
+            while queue:
+                yield _result(*queue.popleft())
+    finally:
+        keep_alive.close()
+        alive.close()
+
+
+def _result(item: ClipItem, future: Future) -> tuple[ClipItem, Clip]:
+    try:
+        return item, future.result()
+    except BrokenProcessPool:
+        # A decoder crash (a segfault in a codec, the OOM killer) takes a worker down with it.
+        raise PipelineError(f"a worker process died while decoding {item.src} or a clip after it; the clips "
+                            "finished so far are kept: rerun with --set audio.workers=0 to find the file") from None
+
+
+# ---------------------------------------------------------------- the stage
+
+
+@dataclass
+class AudioSummary:
+    processed: int = 0  # clips done by this call
+    reused: int = 0  # clips of this shard already done with the same settings
+    seconds: float = 0.0
+    audio_seconds: float = 0.0  # playable length of the clips done by this call
+    counts: dict[str, Counter] = field(default_factory=dict)  # split -> clips/windows/silent/unreadable
+    manifest: Path | None = None
+    pending: int = 0  # clips of the requested splits not done yet (other shards)
+
+    @property
+    def clips_per_s(self) -> float:
+        return self.processed / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        parts = [f"prepare_audio: {self.processed} clip(s), {self.audio_seconds / 60:.1f} min of audio, in "
+                 f"{self.seconds:.1f}s ({self.clips_per_s:.1f} clips/s), {self.reused} already done"]
+        for split, c in self.counts.items():
+            per = c["windows"] / c["window"] if c["window"] else 0.0
+            parts.append(f"{split}: clips={c['clips']} windows={c['windows']} ({per:.1f}/clip) "
+                         f"silent={c['silent']} unreadable={c['unreadable']}")
+        parts.append(f"manifest {self.manifest}" if self.manifest else f"manifest pending: {self.pending} left")
+        return " | ".join(parts)
+
+
+def run_prepare_audio(cfg: Config, split: str | tuple[str, ...] = "all", shard: Shard | None = None,
+                      force: bool = False, merge_only: bool = False) -> AudioSummary:
+    """Window the clips of ``split`` that belong to ``shard``; rebuild faces.csv when complete."""
+    check_audio_config(cfg)
+    chosen = selected_splits(split)
+    shard = shard or Shard()
+    out = Path(cfg.audio.out)
+    digest = settings_hash(cfg)
+    all_items = plan_clips(cfg)  # validation before any work
+    wanted = [it for it in all_items if it.split in chosen]
+    summary = AudioSummary()
+
+    if not merge_only:
+        mine = wanted[shard.index::shard.count]
+        journal_path = _journal_dir(out) / f"{'-'.join(chosen)}-{shard.index}-of-{shard.count}.jsonl"
+        with Journal(journal_path, truncate=force) as journal:
+            # Leftovers of a killed run; while another shard runs, only old ones (its are fresh).
+            others = any(journal_in_use(p) for p in _journal_dir(out).glob("*.jsonl") if p != journal_path)
+            for folder in (out, out / "train", out / "test"):
+                folder.mkdir(parents=True, exist_ok=True)
+                remove_old_temps(folder, min_age_s=120.0 if others else 0.0)
+            atomic_write_text(out / "align_config.yaml", f"# prepare_audio settings hash: {digest}\n" + to_yaml(cfg))
+            done = {} if force else valid_entries(out, mine, digest)
+            todo = [it for it in mine if it.key not in done]
+            summary.reused = len(mine) - len(todo)
+            if todo:
+                (out / MANIFEST_NAME).unlink(missing_ok=True)  # rebuilt once every clip is done
+                log.info("prepare_audio shard %s: %d to do, %d already done (settings %s, %d samples per "
+                         "window) -> %s", shard, len(todo), summary.reused, digest, window_samples(cfg.audio), out)
+                start = time.perf_counter()
+                summary.audio_seconds = _process(todo, cfg, out, digest, journal)
+                summary.seconds = time.perf_counter() - start
+                summary.processed = len(todo)
+
+    entries = valid_entries(out, all_items, digest)
+    complete = [s for s in SPLITS if all(it.key in entries for it in all_items if it.split == s)]
+    summary.pending = sum(1 for it in wanted if it.key not in entries)
+    for name in chosen:
+        done_here = [entries[it.key] for it in wanted if it.split == name and it.key in entries]
+        counter = Counter(e["status"] for e in done_here)
+        counter.update(clips=len(done_here), windows=sum(len(e["windows"]) for e in done_here))
+        summary.counts[name] = counter
+    if summary.pending:
+        if merge_only:
+            raise PipelineError(f"{summary.pending} of {len(wanted)} clip(s) of {', '.join(chosen)} are not "
+                                f"prepared with these settings yet: run prepare_audio.py without --merge-only")
+        log.info("faces.csv not written yet: %d clip(s) left to other shards", summary.pending)
+        print(summary.line(), flush=True)
+        return summary
+
+    manifest = build_manifest([it for it in all_items if it.split in complete], entries, out)
+    summary.manifest = out / MANIFEST_NAME
+    save_csv(summary.manifest, manifest)
+    missing = [s for s in SPLITS if s not in complete]
+    if missing:
+        log.warning("faces.csv has no rows for split(s) %s yet (run with --split all)", ", ".join(missing))
+    print(summary.line(), flush=True)
+    _check_unreadable(manifest, cfg)
+    return summary
+
+
+def _process(todo: list[ClipItem], cfg: Config, out: Path, digest: str, journal: Journal) -> float:
+    """Render (in workers), write and journal every clip of ``todo``; returns the audio seconds."""
+    from tqdm import tqdm
+
+    total = 0.0
+    with tqdm(total=len(todo), unit="clip", desc="prepare_audio", disable=not show_progress(cfg.run.progress)) as bar:
+        for item, clip in render_stream(todo, cfg):
+            journal.append(_finish(item, clip, out, digest))  # only after its PNGs are in place
+            failpoint("audio_clip")
+            total += clip.duration_s or 0.0
+            bar.update(1)
+    return total
+
+
+def build_manifest(items: list[ClipItem], entries: dict[tuple[str, str], dict[str, Any]], out: Path
+                   ) -> pd.DataFrame:
+    """faces.csv: a row per window in (split, Id, window) order, ``path`` as <audio.out>/<split>/<Id>_w<k>.png;
+    a clip without windows gets one row, window -1 and no path, its status and note saying why."""
+    rows = []
+    for it in items:
+        e = entries[it.key]
+        common = {"Id": it.id, "split": it.split, "note": e["note"], "duration_s": e["duration_s"],
+                  "src_rate": e["src_rate"], "src_channels": e["src_channels"], "settings_hash": e["hash"]}
+        if not e["windows"]:
+            rows.append({**common, "window": -1, "status": e["status"], "path": "", "start_s": None, "end_s": None})
+        for w in e["windows"]:
+            rows.append({**common, "window": w["window"], "status": "window", "path": str(out / w["path"]),
+                         "start_s": w["start_s"], "end_s": w["end_s"]})
+    frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    for col in ("window", "src_rate", "src_channels"):
+        frame[col] = frame[col].astype("Int64")
+    return frame
+
+
+def _check_unreadable(manifest: pd.DataFrame, cfg: Config) -> None:
+    """Exit code 2 (DataValidationError) above ``align.max_unreadable_share`` of the clips."""
+    clips = manifest.drop_duplicates(["split", "Id"])
+    bad = clips[clips["status"] == "unreadable"]
+    if len(clips) == 0 or len(bad) == 0:
+        return
+    share = len(bad) / len(clips)
+    log.warning("%d unreadable input clip(s) (%.2f%%), recorded in faces.csv", len(bad), 100 * share)
+    if share > cfg.align.max_unreadable_share:
+        problems = [
+            f"{len(bad)} of {len(clips)} input clips ({share:.1%}) are unreadable, more than "
+            f"align.max_unreadable_share={cfg.align.max_unreadable_share:.1%} (faces.csv lists them all)"
+        ]
+        problems += [f"{r.split}/{r.Id}: {r.note}" for r in bad.head(10).itertuples()]
+        raise DataValidationError(problems)
