@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
@@ -27,6 +26,7 @@ def _names(lines: list[str]) -> dict[str, str]:
 
 
 def test_pyproject_dependencies_are_requirements_txt_runtime_lines() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     runtime = (REPO / "requirements.txt").read_text().split("# Tests", 1)[0].splitlines()
     assert _names(project["dependencies"]) == _names(runtime)
