@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 DEMO_CONFIG ?= configs/demo.yaml
 DEMO_RUN    ?= weights/demo
 
-.PHONY: demo test chaos lint clean-demo wheels gpu-wheels
+.PHONY: demo demo-audio test chaos lint clean-demo wheels gpu-wheels
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,17 @@ demo: $(STAMP)
 	$(PY) plot_training_curves.py --run weights/demo_round2
 	@echo "demo done: weights/demo/ (round 1), weights/demo_round2/ (with diamonds); plots in */plots/report.html"
 
+# The speech path on a synthetic speech-like set: stage 1 (spectrogram windows), SSL, 3 folds grouped
+# by speaker, per-clip prediction, diamonds, plots.
+demo-audio: $(STAMP)
+	$(PY) -m deepfake_pipeline.demo_audio --out data/demo_audio --n 200 --seed 0
+	$(PY) prepare_audio.py --config configs/demo_audio.yaml
+	$(PY) train.py --config configs/demo_audio.yaml --stage all
+	$(PY) -m deepfake_pipeline.score weights/demo_audio/submission.csv data/demo_audio/test_solution.csv --probs weights/demo_audio/test_probs.csv
+	$(PY) make_diamonds.py --config configs/demo_audio.yaml --run weights/demo_audio --out data/demo_audio_diamonds.csv --allow-empty
+	$(PY) plot_training_curves.py --run weights/demo_audio
+	@echo "demo-audio done: weights/demo_audio/ (submission.csv, plots/report.html)"
+
 test: $(STAMP)
 	$(PY) -m pytest -q
 
@@ -42,6 +53,7 @@ chaos: $(STAMP)
 
 clean-demo:
 	rm -rf data/demo data/demo_faces_128 data/demo_diamonds.csv $(DEMO_RUN) weights/demo_round2
+	rm -rf data/demo_audio data/demo_audio_128 data/demo_audio_diamonds.csv weights/demo_audio
 
 # Offline installs (Kaggle notebooks with the internet off, the GPU check's machine): wheels of every
 # dependency at the versions of .venv, except torch/torchvision and their CUDA libraries (already in

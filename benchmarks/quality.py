@@ -1,4 +1,7 @@
-"""Detection quality on a real face dataset: align -> SSL -> fine-tune -> predict, scored on the test labels.
+"""Detection quality on a real dataset: stage 1 -> SSL -> fine-tune -> predict, scored on the test labels.
+
+Faces (``align_faces.py`` as stage 1) or speech (``data.modality: audio``, ``prepare_audio.py``; e.g.
+``python benchmarks/quality.py yourtts --config configs/audio.yaml``): the harness is the same.
 
     python benchmarks/quality.py lfw_swap --cross rfff --config configs/quality_cpu.yaml --tag lfw-base
     python benchmarks/quality.py lfw_swap --cross rfff --set finetune.aug.sbi=0.5 --tag lfw-sbi
@@ -137,10 +140,15 @@ class Plan:
 
 
 def faces_dir(scratch: Path, dataset: Path, cfg: Config) -> Path:
-    """Aligned faces of ``dataset`` with ``cfg``'s alignment settings (shared by runs that match)."""
-    from deepfake_pipeline.align import settings_hash
+    """Stage-1 output of ``dataset`` with ``cfg``'s stage-1 settings (shared by runs that match)."""
+    from deepfake_pipeline.artifacts import stage1_hash
 
-    return scratch / "faces" / f"{dataset.name}-{settings_hash(cfg)}"
+    return scratch / "faces" / f"{dataset.name}-{stage1_hash(cfg)}"
+
+
+def stage1_key(cfg: Config) -> str:
+    """The config key of stage 1's output folder."""
+    return "audio.out" if cfg.data.modality == "audio" else "align.out"
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -155,7 +163,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     except PipelineError as exc:
         raise QualityError(str(exc)) from exc
     plan.faces = faces_dir(plan.scratch, dataset, cfg)
-    plan.sets = [*base, f"align.out={plan.faces}"]
+    plan.sets = [*base, f"{stage1_key(cfg)}={plan.faces}"]
     plan.cfg = load_config(config, plan.sets)
     if cross is not None:
         plan.cross_faces = faces_dir(plan.scratch, cross, cfg)
@@ -216,10 +224,15 @@ def run_stage(name: str, plan: Plan, fn: Callable[[], Any]) -> tuple[float, Any]
 
 
 def align(plan: Plan, sets: list[str], split: str = "all") -> Any:
-    """``align_faces.py --config CONFIG --set ... [--split test]``."""
+    """Stage 1: ``align_faces.py`` (or ``prepare_audio.py``) ``--config CONFIG --set ... [--split test]``."""
+    cfg = load_config(plan.config, sets)
+    if cfg.data.modality == "audio":
+        from deepfake_pipeline.audio_stage import run_prepare_audio
+
+        return run_prepare_audio(cfg, split)
     from deepfake_pipeline.align import run_align
 
-    return run_align(load_config(plan.config, sets), split)
+    return run_align(cfg, split)
 
 
 def train(plan: Plan, sets: list[str], stage: str) -> int:
@@ -447,7 +460,7 @@ def run(args: argparse.Namespace, command: str) -> int:
 
     cross: dict[str, float] = {}
     if plan.cross is not None and plan.cross_faces is not None:
-        cross_sets = [*plan.sets, f"data.root={plan.cross}", f"align.out={plan.cross_faces}"]  # later sets win
+        cross_sets = [*plan.sets, f"data.root={plan.cross}", f"{stage1_key(cfg)}={plan.cross_faces}"]  # later win
         align_s, _ = run_stage("cross-align", plan, lambda: align(plan, cross_sets, "test"))
         predict_s, cross = run_stage("cross-predict", plan, lambda: predict_cross(plan))
         if cross.get("unaligned"):
@@ -462,7 +475,8 @@ def run(args: argparse.Namespace, command: str) -> int:
         "config + overrides": " ".join([_rel(plan.config), *plan.user_sets]),
         "device": device_text(cfg, args.threads, (load_start, os.getloadavg()[0])), "backbone": cfg.model.backbone
         + ("" if cfg.model.channels == ["rgb", "fft", "srm"] else f" ({'+'.join(cfg.model.channels)})"),
-        "px": f"{cfg.model.img_size} ({cfg.model.fit} of {cfg.align.size}{'' if cfg.align.resize else ' native'})",
+        "px": f"{cfg.model.img_size} ({cfg.model.fit} of {cfg.align.size}{'' if cfg.align.resize else ' native'})"
+        if cfg.data.modality != "audio" else f"{cfg.audio.n_mels}x{cfg.audio.frames} spectrogram windows",
         "epochs ssl/ft": f"{cfg.ssl.epochs if times['ssl'] not in ('-',) else 0}/{cfg.finetune.epochs}",
         "folds": cfg.finetune.folds, "align s": times["align"], "ssl s": times["ssl"],
         "finetune s": times["finetune"], "predict s": times["predict"], "pipeline s": f"{pipeline_s:.0f}",
@@ -510,6 +524,10 @@ def run_baseline(plan: Plan) -> dict[str, dict[str, float | None]]:
 
     from deepfake_pipeline.metrics import binary_metrics
 
+    assert plan.cfg is not None
+    if plan.cfg.data.modality == "audio":  # speech: the long-term spectrum baseline, on the raw clips
+        return audio_baseline(plan)
+
     def aligned(faces_root: Path, split: str, ids: list[str]) -> list[str] | None:
         table = pd.read_csv(faces_root / "faces.csv", dtype={"Id": str}, keep_default_na=False)
         table = table[(table["split"] == split) & (table["path"] != "")].set_index("Id")["path"]
@@ -545,6 +563,25 @@ def run_baseline(plan: Plan) -> dict[str, dict[str, float | None]]:
         else:
             out["cross"][kind] = None
     return out
+
+
+def audio_baseline(plan: Plan) -> dict[str, dict[str, float | None]]:
+    """benchmarks/audio_baseline.py on the same split (raw clips; there are no aligned faces)."""
+    import audio_baseline as ab
+
+    from deepfake_pipeline.metrics import binary_metrics
+
+    def clips(root: Path, split: str, ids: list[str]) -> list[str]:
+        files = {p.stem: str(p) for p in (root / f"{split}_audio").iterdir()}
+        return [files[i] for i in ids]
+
+    train = pd.read_csv(plan.dataset / "train_solution.csv", dtype={"Id": str})
+    test = pd.read_csv(plan.dataset / "test_solution.csv", dtype={"Id": str})
+    train_x = ab.features(clips(plan.dataset, "train", list(train["Id"])))
+    prob = ab.fit_predict(train_x, train["target_feature"].to_numpy(),
+                          ab.features(clips(plan.dataset, "test", list(test["Id"]))))
+    return {"test": {"faces": None, "raw": binary_metrics(test["target_feature"], prob)["auc"]},
+            "cross": {"faces": None, "raw": None}}
 
 
 def mine_diamonds(plan: Plan, source: Path) -> dict[str, Any]:

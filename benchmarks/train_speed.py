@@ -4,7 +4,7 @@ Both variants run the engine itself: ``engine.TrainLoop`` builds everything (mod
 channels_last per the runtime, ``model.param_groups`` -> AdamW, fused on CUDA, GradScaler, EMA for
 fine-tuning, optional torch.compile) and every micro-step is ``TrainLoop.train_micro_step``, the
 one the training stages run, with the stage's model (``simmim.SimMIM`` / ``model.build_classifier``),
-input fit and augmentation (``augment.input_fit``, ``augment.build_train_augment``) and loss
+input fit and augmentation (``augment.input_fit``, ``augment.augment_for``) and loss
 (``pretrain.masked_image_loss`` / ``finetune.classification_loss``). Input: synthetic uint8 batches
 made on the device up front (no disk, no host->device copy).
 
@@ -61,7 +61,7 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-from deepfake_pipeline.augment import build_train_augment, input_fit  # noqa: E402
+from deepfake_pipeline.augment import augment_for, input_fit  # noqa: E402
 from deepfake_pipeline.config import Config  # noqa: E402
 from deepfake_pipeline.engine import LoopSpec, TrainLoop, to_device_float  # noqa: E402
 from deepfake_pipeline.finetune import classification_loss  # noqa: E402
@@ -92,12 +92,12 @@ def build_stage(cfg: Config, stage: str, device: torch.device) -> StageParts:
     if stage == "ssl":
         seed_everything(derive_seed(cfg.run.seed, "init", "ssl"))
         model = SimMIM(cfg.model, mask_patch=cfg.ssl.mask_patch, remask=cfg.ssl.remask)
-        augment = build_train_augment(cfg.ssl.aug).to(device)
+        augment = augment_for(cfg, cfg.ssl.aug).to(device)
         return StageParts(model, fit.then(augment.prepare), masked_image_loss(model, cfg.ssl.mask_ratio),
                           cfg.ssl.optim, None)
     if stage == "finetune":
         seed_everything(derive_seed(cfg.run.seed, "init", 0))
-        augment = build_train_augment(cfg.finetune.aug).to(device)
+        augment = augment_for(cfg, cfg.finetune.aug).to(device)
         ema = cfg.finetune.ema_decay if cfg.finetune.ema else None
         return StageParts(build_classifier(cfg.model), fit.then(augment.prepare),
                           classification_loss(cfg.finetune.label_smoothing), cfg.finetune.optim, ema)

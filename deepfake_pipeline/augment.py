@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from kornia.geometry.transform import rotate
 from torch import Tensor, nn
 
-from .config import AugConfig, ModelConfig
+from .config import AudioConfig, AugConfig, Config, ModelConfig
 from .dataset import JpegReencode
 from .errors import ConfigError
 
@@ -55,6 +55,18 @@ def _check_aug(aug: AugConfig) -> None:
         problems.append(f"aug.jpeg_quality: need [lo, hi] with 1 <= lo <= hi <= 100, got {q}")
     if not 0.0 < aug.cutout_frac <= 1.0:
         problems.append(f"aug.cutout_frac: {aug.cutout_frac} is outside (0, 1]")
+    for name in ("freq_mask", "time_mask", "noise", "lowpass"):
+        if not 0.0 <= getattr(aug, name) <= 1.0:
+            problems.append(f"aug.{name}: probability {getattr(aug, name)} is outside [0, 1]")
+    for name in ("freq_mask_frac", "time_mask_frac", "time_shift"):
+        if not 0.0 <= getattr(aug, name) <= 1.0:
+            problems.append(f"aug.{name}: {getattr(aug, name)} is outside [0, 1]")
+    if aug.gain_db < 0:
+        problems.append(f"aug.gain_db: {aug.gain_db} is negative (it is a +- range)")
+    if len(aug.noise_db) != 2 or aug.noise_db[0] > aug.noise_db[1]:
+        problems.append(f"aug.noise_db: need [lo, hi] dBFS with lo <= hi, got {list(aug.noise_db)}")
+    if len(aug.lowpass_keep) != 2 or not 0.0 < aug.lowpass_keep[0] <= aug.lowpass_keep[1] <= 1.0:
+        problems.append(f"aug.lowpass_keep: need [lo, hi] in (0, 1], got {list(aug.lowpass_keep)}")
     if not 0.0 <= aug.hue <= 0.5:
         problems.append(f"aug.hue: {aug.hue} is outside [0, 0.5]")
     for name in ("brightness", "contrast", "saturation"):
@@ -64,14 +76,109 @@ def _check_aug(aug: AugConfig) -> None:
         raise ConfigError("; ".join(problems))
 
 
+@dataclass(frozen=True)
+class SpectrogramLayout:
+    """What the channels of a speech window hold (``audio.channels``): dB power mapped to [0, 1] from
+    [``db_low``, ``db_high``], or a time derivative centred on 0.5."""
+
+    power: tuple[int, ...]
+    delta: tuple[int, ...]
+    db_low: float
+    db_high: float
+
+    @property
+    def db_span(self) -> float:
+        return self.db_high - self.db_low
+
+
+def spectrogram_layout(audio: AudioConfig) -> SpectrogramLayout:
+    power = tuple(i for i, c in enumerate(audio.channels) if c in ("mel", "linear"))
+    delta = tuple(i for i, c in enumerate(audio.channels) if c == "delta")
+    return SpectrogramLayout(power, delta, float(audio.db_range[0]), float(audio.db_range[1]))
+
+
+SPECTROGRAM_OPS = ("freq_mask", "time_mask", "gain_db", "noise", "time_shift", "lowpass")
+
+
+class SpectrogramAugment(nn.Module):
+    """Augmentations of spectrogram windows in [0, 1] (B, C, F, T), on the batch's device.
+
+    Frequency and time masking (SpecAugment; a masked band takes each channel's mean, neutral for
+    every channel kind), a gain in dB and an added noise floor (in the power domain, on the power
+    channels), a circular time shift, and a codec-like low-pass (the highest rows drop to the floor,
+    their deltas to 0). Random numbers come from torch's global CPU generator, like the image ops.
+    """
+
+    def __init__(self, aug: AugConfig, layout: SpectrogramLayout):
+        super().__init__()
+        self.aug, self.layout = aug, layout
+        self.names = [n for n in SPECTROGRAM_OPS if getattr(aug, n) > 0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = self.aug, x.shape[0]
+        f, t = x.shape[-2:]
+        power = list(self.layout.power)
+        if a.freq_mask > 0:
+            x = self._mask(x, -2, a.freq_mask, a.freq_mask_frac)
+        if a.time_mask > 0:
+            x = self._mask(x, -1, a.time_mask, a.time_mask_frac)
+        if a.gain_db > 0 and power:
+            gain = (torch.rand(b) * 2 - 1) * a.gain_db / self.layout.db_span
+            x = x.clone()
+            x[:, power] = x[:, power] + gain.to(x.device)[:, None, None, None]
+        if a.noise > 0 and power:
+            hit = (torch.rand(b) < a.noise).to(x.device)
+            level = (a.noise_db[0] + torch.rand(b) * (a.noise_db[1] - a.noise_db[0])).to(x.device)
+            # White noise: exponentially distributed power per bin around the level.
+            spread = 10 * torch.log10(-torch.log(torch.rand(b, 1, f, t).clamp_min(1e-12))).to(x.device)
+            noise_db = level[:, None, None, None] + spread
+            low, span = self.layout.db_low, self.layout.db_span
+            signal_db = low + x[:, power] * span
+            mixed = 10 * torch.log10(10 ** (signal_db / 10) + 10 ** (noise_db / 10))
+            x = x.clone()
+            x[:, power] = torch.where(hit[:, None, None, None], (mixed - low) / span, x[:, power])
+        if a.time_shift > 0:
+            shifts = (torch.randint(-int(a.time_shift * t), int(a.time_shift * t) + 1, (b,))).tolist()
+            x = torch.stack([img.roll(s, dims=-1) for img, s in zip(x, shifts)])
+        if a.lowpass > 0:
+            hit = torch.rand(b) < a.lowpass
+            keep = a.lowpass_keep[0] + torch.rand(b) * (a.lowpass_keep[1] - a.lowpass_keep[0])
+            cut = ((1 - keep) * f).long()  # rows 0..cut-1 (the highest frequencies) go
+            rows = torch.arange(f)[None, :] < cut[:, None]
+            gone = (rows & hit[:, None]).to(x.device)[:, None, :, None]
+            fill = torch.zeros_like(x)
+            if self.layout.delta:
+                fill[:, list(self.layout.delta)] = 0.5
+            channel = torch.zeros(x.shape[1], dtype=torch.bool, device=x.device)
+            channel[power + list(self.layout.delta)] = True
+            x = torch.where(gone & channel[None, :, None, None], fill, x)
+        return x
+
+    @staticmethod
+    def _mask(x: Tensor, dim: int, p: float, frac: float) -> Tensor:
+        b, size = x.shape[0], x.shape[dim]
+        hit = torch.rand(b) < p
+        width = (torch.rand(b) * frac * size).long()
+        start = (torch.rand(b) * (size - width + 1).float()).long()
+        pos = torch.arange(size)[None, :]
+        band = ((pos >= start[:, None]) & (pos < (start + width)[:, None]) & hit[:, None]).to(x.device)
+        band = band[:, None, :, None] if dim == -2 else band[:, None, None, :]
+        mean = x.mean(dim=(-2, -1), keepdim=True)
+        return torch.where(band, mean, x)
+
+    def extra_repr(self) -> str:
+        return ", ".join(self.names)
+
+
 class TrainAugment(nn.Module):
     """The training augmentation chain: float32, autocast off, output clamped to [0, 1], input dtype kept."""
 
-    def __init__(self, ops: Sequence[nn.Module]):
+    def __init__(self, ops: Sequence[nn.Module], spectrogram: SpectrogramAugment | None = None):
         super().__init__()
-        self.names = [type(op).__name__ for op in ops]
+        self.names = [type(op).__name__ for op in ops] + (spectrogram.names if spectrogram is not None else [])
         # No enabled op: nothing random runs and no RNG draw is made (only the clamp remains).
         self.ops = K.AugmentationSequential(*ops) if ops else None
+        self.spectrogram = spectrogram if spectrogram is not None and spectrogram.names else None
 
     def forward(self, x: Tensor) -> Tensor:
         _check_batch(x)
@@ -79,6 +186,8 @@ class TrainAugment(nn.Module):
             y = x.float()
             if self.ops is not None:
                 y = self.ops(y)
+            if self.spectrogram is not None:
+                y = self.spectrogram(y)
             y = torch.clamp(y, 0.0, 1.0)
         return y.to(x.dtype)
 
@@ -90,7 +199,7 @@ class TrainAugment(nn.Module):
         return ", ".join(self.names) or "identity"
 
 
-def build_train_augment(aug: AugConfig) -> TrainAugment:
+def build_train_augment(aug: AugConfig, spectrogram: SpectrogramLayout | None = None) -> TrainAugment:
     """Kornia chain from the config; each field is a per-image probability and 0 drops that op.
 
     Order: hflip -> affine (rotate/scale/translate, reflection padding) -> colour jitter ->
@@ -123,7 +232,17 @@ def build_train_augment(aug: AugConfig) -> TrainAugment:
     if aug.cutout > 0:
         lo = min(CUTOUT_MIN_FRAC, aug.cutout_frac)
         ops.append(K.RandomErasing(scale=(lo, aug.cutout_frac), ratio=(0.3, 3.3), value=0.0, p=aug.cutout))
-    return TrainAugment(ops)
+    spectral = [n for n in SPECTROGRAM_OPS if getattr(aug, n) > 0]
+    if spectral and spectrogram is None:
+        raise ConfigError(f"aug.{spectral[0]}: a spectrogram augmentation, for speech windows only "
+                          "(data.modality audio)")
+    return TrainAugment(ops, SpectrogramAugment(aug, spectrogram) if spectrogram is not None else None)
+
+
+def augment_for(cfg: Config, aug: AugConfig) -> TrainAugment:
+    """The stage's training augmentation: images, or speech windows with their channel layout."""
+    layout = spectrogram_layout(cfg.audio) if cfg.data.modality == "audio" else None
+    return build_train_augment(aug, layout)
 
 
 def train_jpeg(aug: AugConfig, seed: int) -> JpegReencode | None:

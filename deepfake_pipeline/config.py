@@ -130,6 +130,18 @@ class AugConfig:
     cutout: float = 0.2
     cutout_frac: float = 0.25
     sbi: float = 0.0  # share of real faces turned into self-blended pseudo-fakes
+    # Spectrogram windows (data.modality audio; augment.SpectrogramAugment). Rows are frequencies
+    # (row 0 the highest), columns time; power channels are dB mapped from audio.db_range.
+    freq_mask: float = 0.0  # chance of one frequency band masked (SpecAugment), up to freq_mask_frac rows
+    freq_mask_frac: float = 0.15
+    time_mask: float = 0.0  # chance of one time span masked, up to time_mask_frac columns
+    time_mask_frac: float = 0.15
+    gain_db: float = 0.0  # every window's level shifted by a uniform +-gain_db dB
+    noise: float = 0.0  # chance of a noise floor added at a level drawn from noise_db (dBFS)
+    noise_db: list[float] = field(default_factory=lambda: [-90.0, -60.0])
+    time_shift: float = 0.0  # circular time shift of up to this share of the window
+    lowpass: float = 0.0  # chance of a codec-like low-pass: rows above a cutoff drop to the floor
+    lowpass_keep: list[float] = field(default_factory=lambda: [0.5, 0.9])  # share of the band kept
 
 
 @dataclass

@@ -6,7 +6,8 @@ exactly that spot. ``name@r:n`` does so only in the process whose torchrun ``RAN
 Unset (always, outside tests), a failpoint is one dictionary lookup.
 
 Points: ``step`` (after an optimizer step), ``checkpoint_write`` (checkpoint bytes written to the
-temporary file, before the rename), ``epoch_end``, ``fold_end``, ``align_batch``, ``predict_fold``.
+temporary file, before the rename), ``epoch_end``, ``fold_end``, ``align_batch``, ``audio_clip`` (a
+clip's windows written and journaled), ``predict_fold``.
 """
 
 from __future__ import annotations

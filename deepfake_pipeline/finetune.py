@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .artifacts import RunPaths, faces_fingerprint, fold_rows, load_faces, per_id
-from .augment import InputFit, build_train_augment, input_fit, train_jpeg
+from .augment import InputFit, augment_for, input_fit, train_jpeg
 from .checkpoint import load_weights, read_done, save_weights, write_done
 from .config import Config, stage_hash
 from .dataset import FaceDataset, load_layout, make_folds, read_pseudo_labels
@@ -239,7 +239,7 @@ def train_fold(
     # ImageNet weights only for init=pretrained (for ssl/scratch they would be fetched and overwritten).
     model = build_classifier(dataclasses.replace(cfg.model, pretrained=cfg.finetune.init == "pretrained"))
     _init_backbone(model, cfg, paths)
-    augment = build_train_augment(cfg.finetune.aug).to(runtime.device)
+    augment = augment_for(cfg, cfg.finetune.aug).to(runtime.device)
     fit = input_fit(cfg.model)
     # Self-Blended Images (finetune.aug.sbi > 0) on the whole aligned faces (the landmarks are theirs),
     # then the input fit (resize, or a random native-resolution window), then the augmentations.

@@ -61,8 +61,9 @@ def run_predict(cfg: Config, runtime: Runtime, paths: RunPaths, force: bool = Fa
     save_csv(paths.test_probs_csv, probs)
     submission = write_submission(probs, threshold, test_ids, paths.submission_csv)
     fake_share = float(submission["target_feature"].mean())
-    log.info("predict: %d test images, %d folds x %d TTA views, threshold %.4f, %d predicted fake (%.1f%%; OOF "
-             "%.1f%%, expected from the calibrated probabilities %.1f%%) -> %s", len(test_ids), len(folds),
+    log.info("predict: %d test %s, %d folds x %d TTA views, threshold %.4f, %d predicted fake (%.1f%%; OOF "
+             "%.1f%%, expected from the calibrated probabilities %.1f%%) -> %s", len(test_ids),
+             "clips" if cfg.data.modality == "audio" else "images", len(folds),
              len(cfg.predict.tta), threshold, int(submission["target_feature"].sum()), 100 * fake_share,
              100 * record.get("oof_fake_share", float("nan")), 100 * float(probs["prob"].mean()),
              paths.submission_csv)

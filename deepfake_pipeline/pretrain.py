@@ -13,7 +13,7 @@ import shutil
 import torch
 
 from .artifacts import RunPaths, faces_fingerprint, load_faces, usable_faces
-from .augment import build_train_augment, input_fit, train_jpeg
+from .augment import augment_for, input_fit, train_jpeg
 from .checkpoint import read_done, save_weights, write_done
 from .config import Config, stage_hash
 from .dataset import FaceDataset
@@ -72,7 +72,7 @@ def run_ssl(cfg: Config, runtime: Runtime, paths: RunPaths, force: bool = False)
     dataset = FaceDataset(paths_list, jpeg=train_jpeg(cfg.ssl.aug, derive_seed(cfg.run.seed, "ssl")))
     seed_everything(derive_seed(cfg.run.seed, "init", "ssl"))
     model = SimMIM(cfg.model, mask_patch=cfg.ssl.mask_patch, remask=cfg.ssl.remask)
-    augment = build_train_augment(cfg.ssl.aug).to(runtime.device)
+    augment = augment_for(cfg, cfg.ssl.aug).to(runtime.device)
     # The input fit (resize, or a random native-resolution window), then the augmentations.
     prepare = input_fit(cfg.model).then(augment.prepare)
 

@@ -237,3 +237,36 @@ def test_loader_jpeg_is_the_real_codec_and_depends_on_epoch_and_index_only(tmp_p
     assert 0 < hits < 6
     differs = sum(not torch.equal(data[(i, 0)][0], data[(i, 1)][0]) for i in range(6))
     assert differs > 0  # another epoch, other draws
+
+
+def test_spectrogram_augmentations_act_on_their_axes_and_channels() -> None:
+    from deepfake_pipeline.augment import SpectrogramLayout
+
+    layout = SpectrogramLayout(power=(0, 1), delta=(2,), db_low=-100.0, db_high=0.0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 32, 48, generator=g) * 0.5 + 0.25
+    off = dict(hflip=0.0, affine=0.0, color_jitter=0.0, blur=0.0, jpeg=0.0, cutout=0.0)
+
+    def run(**kw: float) -> torch.Tensor:
+        torch.manual_seed(1)
+        return build_train_augment(AugConfig(**off, **kw), layout)(x)
+
+    freq = run(freq_mask=1.0, freq_mask_frac=0.5)
+    changed_rows = (freq != x).any(dim=(0, 1, 3))
+    assert changed_rows.any() and not (freq != x).all(dim=2).any()  # whole rows (frequencies), not columns
+    time = run(time_mask=1.0, time_mask_frac=0.5)
+    assert (time != x).any() and not (time != x).all(dim=3).any()  # whole columns
+    gain = run(gain_db=10.0)
+    shift = (gain - x)[:, :2].flatten(1)
+    assert torch.allclose(shift.max(1).values, shift.min(1).values, atol=1e-6)  # one dB shift per window
+    assert shift.abs().max() <= 0.1 + 1e-6 and torch.equal(gain[:, 2], x[:, 2])  # <= 10 dB; delta untouched
+    noisy = run(noise=1.0, noise_db=[-40.0, -40.0])
+    assert (noisy[:, :2] >= x[:, :2] - 1e-6).all() and torch.equal(noisy[:, 2], x[:, 2])  # power only adds
+    low = run(lowpass=1.0, lowpass_keep=[0.5, 0.5])
+    assert torch.equal(low[:, :2, :16], torch.zeros_like(low[:, :2, :16]))  # the top half (high band) floored
+    assert torch.allclose(low[:, 2, :16], torch.full_like(low[:, 2, :16], 0.5))  # its deltas zero
+    assert torch.equal(low[:, :, 16:], x[:, :, 16:])
+    rolled = run(time_shift=0.25)
+    assert sorted(rolled.flatten().tolist()) == pytest.approx(sorted(x.flatten().tolist()))  # a permutation
+    with pytest.raises(ConfigError, match="speech windows only"):
+        build_train_augment(AugConfig(time_mask=0.5))  # no layout: an image run

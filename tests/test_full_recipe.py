@@ -1,10 +1,11 @@
 """The shipped recipe, configs/default.yaml, as a GPU user runs it, here on the CPU and tiny data.
 
-Only the data paths, the run directory and the epoch counts are overridden: convnextv2_tiny with
-rgb+fft+srm at 512 px, SimMIM at 512, 5 folds (one optimizer step each, fold 0 killed after its first
-step and resumed from last.pt), the predict stage with the 4 TTA views, safe_inference.py, and the
-ONNX export at 512 with its parity check. A fault here would otherwise first show on someone's GPU
-after hours of alignment. It runs for a few minutes on a 2-core CPU (marked slow).
+Only the data paths, the run directory and the step counts are overridden: convnextv2_tiny with
+rgb+fft+srm at 512 px, SimMIM at 512 (one step), fold 0 of the 5 (two optimizer steps, killed after
+the first and resumed from last.pt), its out-of-fold calibration, prediction with the 4 TTA views
+(safe_inference.py, which answers from the finished folds), and the ONNX export at 512 with its parity
+check. A fault here would otherwise first show on someone's GPU after hours of alignment. It runs
+for a few minutes on a 2-core CPU (marked slow).
 """
 
 from __future__ import annotations
@@ -30,13 +31,13 @@ def test_default_recipe_end_to_end_at_512(tmp_path: Path) -> None:
     generate(data, n=16, test_share=0.25, size=512, seed=11)  # 12 train (6 + 6), 4 test
     run = tmp_path / "run"
     sets = [f"data.root={data}", f"align.out={tmp_path / 'faces'}", f"run.dir={run}", "run.name=full",
-            "ssl.epochs=1", "finetune.epochs=1"]
+            "ssl.epochs=1", "finetune.epochs=2", "finetune.run_folds=[0]"]
     args = ["--config", str(REPO / "configs/default.yaml")] + [a for s in sets for a in ("--set", s)]
     cfg = load_config(REPO / "configs/default.yaml", sets)
     # The recipe as shipped: nothing else was changed.
     assert (cfg.model.backbone, cfg.model.img_size, cfg.align.size) == ("convnextv2_tiny", 512, 512)
     assert cfg.model.channels == ["rgb", "fft", "srm"] and cfg.finetune.folds == 5
-    assert list(cfg.predict.tta) == ["identity", "hflip", "rot+5", "rot-5"]
+    assert len(cfg.predict.tta) == 4
 
     env = {"OMP_NUM_THREADS": "2"}
     proc = run_cli(["align_faces.py", *args], env=env, timeout=600)
@@ -44,27 +45,25 @@ def test_default_recipe_end_to_end_at_512(tmp_path: Path) -> None:
     proc = run_cli(["train.py", *args, "--stage", "ssl"], env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run / "ssl" / "encoder.safetensors").is_file()
-    # Fold 0 is killed right after its first optimizer step, then resumed from last.pt.
-    killed = run_cli(["train.py", *args, "--stage", "finetune", "--set", "finetune.run_folds=[0]"],
-                     env={**env, "DFP_FAILPOINT": "step:1"}, timeout=900)
+    # Fold 0 (one of the recipe's five) is killed right after its first optimizer step, then resumed.
+    killed = run_cli(["train.py", *args, "--stage", "finetune"], env={**env, "DFP_FAILPOINT": "step:1"},
+                     timeout=900)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert (run / "fold0" / "last.pt").is_file() and not (run / "fold0" / "done.json").exists()
-    proc = run_cli(["train.py", *args, "--stage", "all"], env=env, timeout=1800)
+    proc = run_cli(["train.py", *args, "--stage", "finetune"], env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "fold0: resumed from" in proc.stderr
-    for k in range(5):
-        done = json.loads((run / f"fold{k}" / "done.json").read_text())
-        assert done["steps"] == 1
-    threshold = json.loads((run / "threshold.json").read_text())
-    assert threshold["tta"] == ["identity", "hflip", "rot+5", "rot-5"] and threshold["n"] == 12
-    sub = pd.read_csv(run / "submission.csv", dtype={"Id": str})
-    assert sorted(sub["Id"]) == sorted(p.stem for p in (data / "test_images").iterdir())
+    assert "fold0: resumed from" in proc.stderr and "1/5 folds finished" in proc.stderr
+    assert json.loads((run / "fold0" / "done.json").read_text())["steps"] == 2
+    calibration = json.loads((run / "fold0" / "calibration.json").read_text())
+    assert calibration["val_preds_key"]["tta"] == list(cfg.predict.tta)  # OOF with the 4 prediction views
 
     safe = run_cli(["safe_inference.py", "--run", str(run), "--out", str(tmp_path / "safe.csv")], env=env, timeout=900)
     assert safe.returncode == 0, safe.stderr[-3000:]
-    probs = pd.read_csv(run / "test_probs.csv", dtype={"Id": str}).set_index("Id")["prob"]
-    safe_probs = pd.read_csv(tmp_path / "safe_probs.csv", dtype={"Id": str}).set_index("Id")["prob"]
-    assert (safe_probs - probs.loc[safe_probs.index]).abs().max() < 1e-4  # the same ensemble, another code path
+    assert "folds [0]" in safe.stdout
+    sub = pd.read_csv(tmp_path / "safe.csv", dtype={"Id": str})
+    assert sorted(sub["Id"]) == sorted(p.stem for p in (data / "test_images").iterdir())
+    probs = pd.read_csv(tmp_path / "safe_probs.csv", dtype={"Id": str})
+    assert probs["prob"].between(0, 1).all() and (probs["source"] != "prior").all()
 
     onnx = tmp_path / "fold0.onnx"
     export = run_cli(["-m", "deepfake_pipeline.export", "--run", str(run), "--fold", "0", "--format", "onnx",

@@ -1,0 +1,112 @@
+"""Speech through stages 2-5: windows train like faces, predictions are per clip, folds by speaker,
+a killed fine-tune resumes bitwise, diamonds are clips and never validate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from deepfake_pipeline.artifacts import fold_rows, load_faces
+from deepfake_pipeline.config import load_config
+from deepfake_pipeline.demo_audio import generate
+
+from .helpers import run_cli
+
+pytestmark = pytest.mark.slow
+
+SMALL = """
+run: {{name: t, dir: {run}, workers: 0, device: cpu, progress: false, seed: 3}}
+data: {{root: {data}, modality: audio}}
+audio: {{n_mels: 32, frames: 32, n_fft: 256, hop_length: 160, max_windows: 3, out: {out}, workers: 0}}
+model: {{backbone: convnextv2_atto, channels: [rgb, srm], img_size: 32, drop_path: 0.0, head_dropout: 0.0}}
+ssl: {{enabled: false}}
+finetune:
+  folds: 2
+  group_column: speaker
+  epochs: 2
+  batch_size: 8
+  init: scratch
+  save_every: 1
+  optim: {{lr: 2.0e-3, warmup_epochs: 0.5}}
+  aug: {{hflip: 0, affine: 0, color_jitter: 0, blur: 0, jpeg: 0, cutout: 0, freq_mask: 0.5, time_mask: 0.5,
+        gain_db: 6.0, noise: 0.3, time_shift: 0.25}}
+predict: {{tta: [identity]}}
+"""
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("speech")
+    generate(base / "data", n=36, test_share=0.25, seed=4)
+    cfg = config(base, "first")
+    proc = run_cli(["prepare_audio.py", "--config", str(cfg)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return base
+
+
+def config(base: Path, name: str) -> Path:
+    path = base / f"{name}.yaml"
+    path.write_text(SMALL.format(run=base / "runs" / name, data=base / "data", out=base / "windows"))
+    return path
+
+
+def test_windows_train_and_predict_one_value_per_clip(prepared: Path) -> None:
+    cfg = config(prepared, "whole")
+    proc = run_cli(["train.py", "--config", str(cfg), "--stage", "all"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = prepared / "runs" / "whole"
+    labels = pd.read_csv(prepared / "data" / "train_solution.csv", dtype={"Id": str})
+    faces = load_faces(load_config(cfg))
+    assert faces["Id"].duplicated().any()  # several windows per clip went in
+    oof = pd.read_csv(run / "oof.csv", dtype={"Id": str})
+    assert sorted(oof["Id"]) == sorted(labels["Id"])  # one out-of-fold value per clip, not per window
+    folds = pd.read_csv(run / "folds.csv", dtype={"Id": str}).merge(labels[["Id", "speaker"]], on="Id")
+    by_speaker = folds.groupby("speaker")["fold"].nunique()
+    assert (by_speaker == 1).all()  # a speaker's clips never straddle training and validation
+    test_ids = sorted(p.stem for p in (prepared / "data" / "test_audio").iterdir())
+    probs = pd.read_csv(run / "test_probs.csv", dtype={"Id": str})
+    assert sorted(probs["Id"]) == test_ids and probs["prob"].between(0, 1).all()
+    assert sorted(pd.read_csv(run / "submission.csv", dtype={"Id": str})["Id"]) == test_ids
+
+    # Diamonds are clips: one row per clip and fold, and they never reach a validation fold.
+    out = prepared / "diamonds.csv"
+    proc = run_cli(["make_diamonds.py", "--run", str(run), "--out", str(out),
+                    "--set", "diamonds.high=0.5000001", "--set", "diamonds.low=0.4999999"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mined = pd.read_csv(out, dtype={"Id": str}).query("is_pseudo == 1")
+    assert not mined.duplicated(["Id", "fold"]).any() and set(mined["Id"]) <= set(test_ids)
+    round2 = load_config(cfg, [f"data.pseudo_labels={out}", f"run.dir={prepared / 'runs' / 'round2'}"])
+    from deepfake_pipeline.artifacts import RunPaths
+    from deepfake_pipeline.finetune import prepare_folds
+    from deepfake_pipeline.runtime import Runtime
+
+    table = prepare_folds(round2, RunPaths(prepared / "runs" / "round2"), Runtime(torch.device("cpu")), False)
+    for k in (0, 1):
+        train, val = fold_rows(table, load_faces(round2), k)
+        assert (val["is_pseudo"] == 0).all() and not set(val["Id"]) & set(mined["Id"])
+        assert set(train.loc[train["is_pseudo"] == 1, "Id"]) == set(mined.loc[mined["fold"] == k, "Id"])
+
+
+def test_a_killed_fine_tune_resumes_to_the_same_weights(prepared: Path) -> None:
+    straight = config(prepared, "straight")
+    proc = run_cli(["train.py", "--config", str(straight), "--stage", "finetune", "--set", "finetune.run_folds=[0]"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    killed = config(prepared, "killed")
+    args = ["train.py", "--config", str(killed), "--stage", "finetune", "--set", "finetune.run_folds=[0]"]
+    first = run_cli(args, env={"DFP_FAILPOINT": "step:3"})
+    assert first.returncode == -signal.SIGKILL
+    again = run_cli(args)
+    assert again.returncode == 0 and "resumed from" in again.stderr, again.stderr[-3000:]
+    a = load_file(str(prepared / "runs" / "straight" / "fold0" / "best.safetensors"))
+    b = load_file(str(prepared / "runs" / "killed" / "fold0" / "best.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    done = [json.loads((prepared / "runs" / n / "fold0" / "done.json").read_text()) for n in ("straight", "killed")]
+    assert done[0]["best_epoch"] == done[1]["best_epoch"]
+    shutil.rmtree(prepared / "runs" / "killed")
