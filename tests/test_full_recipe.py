@@ -1,10 +1,10 @@
 """The shipped recipe, configs/default.yaml, as a GPU user runs it, here on the CPU and tiny data.
 
 Only the data paths, the run directory and the step counts are overridden: convnextv2_tiny with
-rgb+fft+srm at 512 px, SimMIM at 512 (one step), fold 0 of the 5 (two optimizer steps, killed after
-the first and resumed from last.pt), its out-of-fold calibration, prediction with the 4 TTA views
-(safe_inference.py, which answers from the finished folds), and the ONNX export at 512 with its parity
-check. A fault here would otherwise first show on someone's GPU after hours of alignment. It runs
+rgb+fft+srm on native 512 px faces (448 px windows), SimMIM (one step), fold 0 of the 5 (two optimizer
+steps, killed after the first and resumed from last.pt), its out-of-fold calibration, prediction
+with the recipe's TTA views (safe_inference.py, which answers from the finished folds), and the ONNX
+export with its parity check. A fault here would otherwise first show on someone's GPU after hours of alignment. It runs
 for a few minutes on a 2-core CPU (marked slow).
 """
 
@@ -35,9 +35,10 @@ def test_default_recipe_end_to_end_at_512(tmp_path: Path) -> None:
     args = ["--config", str(REPO / "configs/default.yaml")] + [a for s in sets for a in ("--set", s)]
     cfg = load_config(REPO / "configs/default.yaml", sets)
     # The recipe as shipped: nothing else was changed.
-    assert (cfg.model.backbone, cfg.model.img_size, cfg.align.size) == ("convnextv2_tiny", 512, 512)
+    assert (cfg.model.backbone, cfg.align.size, cfg.align.resize) == ("convnextv2_tiny", 512, False)
+    assert (cfg.model.img_size, cfg.model.fit) == (448, "crop")  # native 448 windows of the 512 px faces
     assert cfg.model.channels == ["rgb", "fft", "srm"] and cfg.finetune.folds == 5
-    assert len(cfg.predict.tta) == 4
+    assert list(cfg.predict.tta) == ["identity", "hflip"]
 
     env = {"OMP_NUM_THREADS": "2"}
     proc = run_cli(["align_faces.py", *args], env=env, timeout=600)
@@ -45,8 +46,9 @@ def test_default_recipe_end_to_end_at_512(tmp_path: Path) -> None:
     proc = run_cli(["train.py", *args, "--stage", "ssl"], env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run / "ssl" / "encoder.safetensors").is_file()
-    # Fold 0 (one of the recipe's five) is killed right after its first optimizer step, then resumed.
-    killed = run_cli(["train.py", *args, "--stage", "finetune"], env={**env, "DFP_FAILPOINT": "step:1"},
+    # Fold 0 (one of the recipe's five) is killed after its second optimizer step, before that epoch's
+    # checkpoint: the rerun resumes from the first epoch's last.pt.
+    killed = run_cli(["train.py", *args, "--stage", "finetune"], env={**env, "DFP_FAILPOINT": "step:2"},
                      timeout=900)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert (run / "fold0" / "last.pt").is_file() and not (run / "fold0" / "done.json").exists()
@@ -70,5 +72,5 @@ def test_default_recipe_end_to_end_at_512(tmp_path: Path) -> None:
                       "--out", str(onnx), "--check-images", "2"], env=env, timeout=900)
     assert export.returncode == 0, export.stderr[-3000:]
     sidecar = json.loads(onnx.with_name(onnx.name + ".json").read_text())
-    assert sidecar["input"]["shape"] == ["batch", 3, 512, 512]
+    assert sidecar["input"]["shape"] == ["batch", 3, 448, 448]
     assert sidecar["parity"]["max_abs_diff_prob"] <= sidecar["parity"]["tolerance"]
