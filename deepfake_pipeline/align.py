@@ -53,11 +53,9 @@ from .journal import (
     SPLITS,
     Journal,
     Shard,
-    journal_dir,
-    journal_in_use,
     read_journals,
-    remove_old_temps,
     selected_splits,
+    shard_journal,
 )
 from .runtime import show_progress
 
@@ -336,13 +334,7 @@ def run_align(cfg: Config, splits: str | tuple[str, ...] = "all", shard: Shard |
 
     if not merge_only:
         mine = wanted[shard.index::shard.count]
-        journal_path = journal_dir(out) / f"{'-'.join(chosen)}-{shard.index}-of-{shard.count}.jsonl"
-        with Journal(journal_path, truncate=force) as journal:
-            # Leftovers of a killed run; while another shard runs, only old ones (its are fresh).
-            others = any(journal_in_use(p) for p in journal_dir(out).glob("*.jsonl") if p != journal_path)
-            for folder in (out, out / "train", out / "test"):
-                folder.mkdir(parents=True, exist_ok=True)
-                remove_old_temps(folder, min_age_s=120.0 if others else 0.0)
+        with shard_journal(out, chosen, shard, force) as journal:
             header = f"# align settings hash: {digest}\n"
             atomic_write_text(out / "align_config.yaml", header + to_yaml(cfg))
             done = {} if force else valid_entries(out, mine, digest)

@@ -46,6 +46,7 @@ from scipy.signal import resample_poly
 
 from .config import AudioConfig
 from .errors import ImageReadError
+from .images import input_file_size
 
 AUDIO_VERSION = 1  # bump when the features or the window policy change: old outputs are redone
 DELTA_DB = 16.0  # a log-mel change of this many dB per frame (regression over +-2 frames) -> 255
@@ -108,14 +109,7 @@ _SHORT_CHUNK = re.compile(r"^(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", r
 def audio_header(path: str | os.PathLike) -> AudioInfo:
     """Sample rate, channels and length from the header alone; raises :class:`ImageReadError`."""
     path = Path(path)
-    if path.is_dir():
-        raise ImageReadError(path, "a directory named like an audio file, not an audio file")
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise ImageReadError(path, f"cannot open: {exc.strerror or exc}") from exc
-    if size == 0:
-        raise ImageReadError(path, "zero-byte file")
+    input_file_size(path, "audio")
     try:
         info = sf.info(str(path))
     except (sf.SoundFileError, RuntimeError, OSError, ValueError) as exc:

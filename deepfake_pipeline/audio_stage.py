@@ -47,10 +47,9 @@ from .journal import (
     SPLITS,
     Journal,
     Shard,
-    journal_in_use,
     read_journals,
-    remove_old_temps,
     selected_splits,
+    shard_journal,
 )
 from .runtime import show_progress
 
@@ -122,10 +121,6 @@ def plan_clips(cfg: Config) -> list[ClipItem]:
 
 
 # ---------------------------------------------------------------- journal
-
-
-def _journal_dir(out: Path) -> Path:
-    return out / ".journal"
 
 
 def valid_entries(out: Path, items: list[ClipItem], digest: str) -> dict[tuple[str, str], dict[str, Any]]:
@@ -261,13 +256,7 @@ def run_prepare_audio(cfg: Config, split: str | tuple[str, ...] = "all", shard: 
 
     if not merge_only:
         mine = wanted[shard.index::shard.count]
-        journal_path = _journal_dir(out) / f"{'-'.join(chosen)}-{shard.index}-of-{shard.count}.jsonl"
-        with Journal(journal_path, truncate=force) as journal:
-            # Leftovers of a killed run; while another shard runs, only old ones (its are fresh).
-            others = any(journal_in_use(p) for p in _journal_dir(out).glob("*.jsonl") if p != journal_path)
-            for folder in (out, out / "train", out / "test"):
-                folder.mkdir(parents=True, exist_ok=True)
-                remove_old_temps(folder, min_age_s=120.0 if others else 0.0)
+        with shard_journal(out, chosen, shard, force) as journal:
             atomic_write_text(out / "align_config.yaml", f"# prepare_audio settings hash: {digest}\n" + to_yaml(cfg))
             done = {} if force else valid_entries(out, mine, digest)
             todo = [it for it in mine if it.key not in done]

@@ -63,6 +63,20 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
+def input_file_size(path: Path, kind: str = "image") -> int:
+    """Size of an input file in bytes; ImageReadError for a folder named like one, a file that cannot
+    be opened, and a zero-byte file (the checks every reader makes first)."""
+    if path.is_dir():
+        raise ImageReadError(path, f"a directory named like an {kind} file, not an {kind} file")
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot open: {exc.strerror or exc}") from exc
+    if size == 0:
+        raise ImageReadError(path, "zero-byte file")
+    return size
+
+
 def read_image(
     path: str | os.PathLike,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -70,14 +84,7 @@ def read_image(
 ) -> LoadedImage:
     """Decode ``path`` to 8-bit RGB. Raises :class:`ImageReadError` with the reason."""
     path = Path(path)
-    if path.is_dir():
-        raise ImageReadError(path, "a directory named like an image, not an image file")
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise ImageReadError(path, f"cannot open: {exc.strerror or exc}") from exc
-    if size == 0:
-        raise ImageReadError(path, "zero-byte file")
+    input_file_size(path)
     data = path.read_bytes()
     note = ""
     try:
@@ -120,11 +127,8 @@ def read_image(
 def image_header(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """(width, height) from the header only; raises :class:`ImageReadError` like ``read_image``."""
     path = Path(path)
-    if path.is_dir():
-        raise ImageReadError(path, "a directory named like an image, not an image file")
+    input_file_size(path)
     try:
-        if path.stat().st_size == 0:
-            raise ImageReadError(path, "zero-byte file")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as img:

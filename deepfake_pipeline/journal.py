@@ -155,3 +155,16 @@ def selected_splits(splits: str | tuple[str, ...]) -> tuple[str, ...]:
     if unknown:
         raise ConfigError(f"--split {unknown[0]!r}: expected train, test or all")
     return chosen
+
+
+@contextlib.contextmanager
+def shard_journal(out: Path, chosen: tuple[str, ...], shard: Shard, force: bool) -> Iterator[Journal]:
+    """The shard's journal, locked (``force`` empties it), once the output folders exist and a killed
+    run's temporary files are gone (while another shard runs, only old ones: its own are fresh)."""
+    path = journal_dir(out) / f"{'-'.join(chosen)}-{shard.index}-of-{shard.count}.jsonl"
+    with Journal(path, truncate=force) as journal:
+        others = any(journal_in_use(p) for p in journal_dir(out).glob("*.jsonl") if p != path)
+        for folder in (out, out / "train", out / "test"):
+            folder.mkdir(parents=True, exist_ok=True)
+            remove_old_temps(folder, min_age_s=120.0 if others else 0.0)
+        yield journal

@@ -75,7 +75,7 @@ def test_warnings_for_extra_and_unreadable_files(tmp_path: Path) -> None:
     assert "unlabelled.jpg: no row" in text
     assert "notes.txt: not an image extension" in text
     assert "broken.jpg: zero-byte file" in text
-    assert "123.jpg: a directory named like an image" in text
+    assert "123.jpg: a directory named like an input file" in text
     assert {"broken", "123"} <= set(layout.test.frame["Id"])  # kept: alignment records them as unreadable
 
 
