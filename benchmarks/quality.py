@@ -71,14 +71,15 @@ from deepfake_pipeline.errors import PipelineError  # noqa: E402
 
 HEADING = "## Detection quality"
 PREAMBLE = """\
-Whole-pipeline quality (align -> SSL -> fine-tune -> predict) on the real face datasets of
+Whole-pipeline quality (stage 1 -> SSL -> fine-tune -> predict) on the real datasets of
 `../shared/datasets` (see the README there), one row per `benchmarks/quality.py` run: test AUC (with
 its standard error), F1 and accuracy scored against the dataset's `test_solution.csv` with
 `deepfake_pipeline.score` (F1 and accuracy at the pooled out-of-fold threshold); *cross* = the same
 fold models on the other dataset's test images. *baseline* = the classic spectral detector
 (`benchmarks/spectral_baseline.py`) in the same invocation on the same split, on the aligned faces /
-on the raw images. *pipeline s* = align + SSL + fine-tune + predict wall seconds (the budget); the
-baseline and the cross-dataset scoring come on top."""
+on the raw images (speech: `benchmarks/audio_baseline.py` on the raw clips). *pipeline s* = stage 1
++ SSL + fine-tune + predict wall seconds (the budget); the baseline and the cross-dataset scoring
+come on top."""
 COLUMNS = [
     "date", "dataset", "cross", "tag", "config + overrides", "device", "backbone", "px", "epochs ssl/ft",
     "folds", "align s", "ssl s", "finetune s", "predict s", "pipeline s", "OOF AUC", "test AUC", "test F1",
