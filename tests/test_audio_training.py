@@ -75,6 +75,21 @@ def test_windows_train_and_predict_one_value_per_clip(prepared: Path) -> None:
     assert sorted(probs["Id"]) == test_ids and probs["prob"].between(0, 1).all()
     assert sorted(pd.read_csv(run / "submission.csv", dtype={"Id": str})["Id"]) == test_ids
 
+    # "Does this clip sound fake?": raw clips through stage 1 on the fly, one answer per clip.
+    inputs = prepared / "inputs"
+    inputs.mkdir()
+    for ident in test_ids[:2]:
+        shutil.copy(prepared / "data" / "test_audio" / f"{ident}.wav", inputs / f"{ident}.wav")
+    (inputs / "notes.wav").write_text("not audio\n")
+    answer = run_cli(["safe_inference.py", "--run", str(run), "--input", str(inputs), "--out", str(prepared / "a.csv")])
+    assert answer.returncode == 0, answer.stderr[-3000:]
+    rows = pd.read_csv(prepared / "a.csv").set_index("Id")
+    assert sorted(rows.index) == sorted([f"{i}.wav" for i in test_ids[:2]] + ["notes.wav"])
+    assert (rows.loc[[f"{i}.wav" for i in test_ids[:2]], "status"] == "window").all()
+    assert rows.loc["notes.wav", "status"] == "unreadable" and pd.isna(rows.loc["notes.wav", "prob"])
+    same = probs.set_index("Id").loc[test_ids[:2], "prob"].to_numpy()
+    assert abs(rows.loc[[f"{i}.wav" for i in test_ids[:2]], "prob"].to_numpy() - same).max() < 1e-4
+
     # Diamonds are clips: one row per clip and fold, and they never reach a validation fold.
     out = prepared / "diamonds.csv"
     proc = run_cli(["make_diamonds.py", "--run", str(run), "--out", str(out),
