@@ -19,12 +19,14 @@ WORLD_SIZE give i and n. Each shard appends to its own journal file.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
+import os
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,6 @@ from typing import Any
 import cv2
 import numpy as np
 import pandas as pd
-import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .config import AlignConfig, Config, stage_hash, to_dict, to_yaml
@@ -158,8 +159,10 @@ def valid_entries(out: Path, items: list[Item], digest: str) -> dict[tuple[str, 
 @dataclass
 class Decoded:
     index: int
-    pixels: torch.Tensor | None = None  # HxWx3 uint8, full resolution
-    small: torch.Tensor | None = None  # the detection copy (when the main process detects)
+    # NumPy arrays, not tensors: a worker sends them pickled inline, where a tensor would cost a
+    # shared-memory handle and a socket handshake per image (half the main process's time at 58k).
+    pixels: np.ndarray | None = None  # HxWx3 uint8, full resolution
+    small: np.ndarray | None = None  # the detection copy (when the main process detects)
     scale: tuple[float, float] = (1.0, 1.0)
     faces: list[Face] | None = None  # in source pixels, once detected
     note: str = ""
@@ -180,6 +183,7 @@ class _BatchDataset(Dataset):
         self.copies = copies or detect_here
         self.detect_here = detect_here
         self._detector: FaceDetector | None = None  # built lazily, once per worker
+        self.stage_pid = os.getpid()  # the stage process: a worker ends when it does (_worker_init)
 
     def __len__(self) -> int:
         return (len(self.items) + self.batch_size - 1) // self.batch_size
@@ -203,11 +207,9 @@ class _BatchDataset(Dataset):
         except OSError as exc:  # vanished or unreadable file
             return Decoded(index, error=f"cannot read: {exc}")
         pixels = loaded.pixels if loaded.pixels.flags.writeable else loaded.pixels.copy()
-        result = Decoded(index, torch.from_numpy(pixels), note=loaded.note)
+        result = Decoded(index, pixels, note=loaded.note)
         if self.copies:
-            small, scale = detection_copy(pixels, self.cfg.align.detect_max_side)
-            result.small = result.pixels if small is pixels else torch.from_numpy(small)
-            result.scale = scale
+            result.small, result.scale = detection_copy(pixels, self.cfg.align.detect_max_side)
         return result
 
 
@@ -216,8 +218,8 @@ def detect_batch(detector: FaceDetector, batch: list[Decoded], cfg: AlignConfig)
     look at the misses); drop the detection copies."""
     ok = [d for d in batch if d.error is None and d.small is not None and d.pixels is not None]
     if ok:
-        found = detector.detect([d.small.numpy() for d in ok], [d.scale for d in ok])
-        look_closer(detector, [d.pixels.numpy() for d in ok], found, cfg)
+        found = detector.detect([d.small for d in ok], [d.scale for d in ok])  # type: ignore[misc]
+        look_closer(detector, [d.pixels for d in ok], found, cfg)  # type: ignore[misc]
         for d, faces in zip(ok, found):
             d.faces = faces
     for d in batch:
@@ -227,7 +229,39 @@ def detect_batch(detector: FaceDetector, batch: list[Decoded], cfg: AlignConfig)
 
 
 def _worker_init(_: int) -> None:
+    """A worker's start: one OpenCV thread, and an end of its own when the stage process dies.
+
+    A worker's parent is the forkserver, not the stage: torch's watchdog, which watches the parent,
+    misses a SIGKILL of the stage, and the worker then blocks at exit on a queue nobody reads. Its
+    copy of the forkserver's "stage alive" pipe also kept the forkserver running (1 GB left per
+    kill). So the worker drops that copy and watches the stage's pid itself.
+    """
+    import threading
+    from multiprocessing import forkserver
+
+    from torch.utils.data import get_worker_info
+
     cv2.setNumThreads(1)
+    alive = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_alive_fd", None)
+    if alive is not None:
+        with contextlib.suppress(OSError):
+            os.close(alive)
+    info = get_worker_info()
+    stage = getattr(info.dataset, "stage_pid", None) if info is not None else None
+    if stage is not None:
+        threading.Thread(target=_end_with, args=(stage,), daemon=True, name="align-stage-watch").start()
+
+
+def _end_with(pid: int, every_s: float = 1.0) -> None:
+    """Exit this process at once when process ``pid`` is gone."""
+    while True:
+        time.sleep(every_s)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            os._exit(0)
+        except PermissionError:  # alive, owned by someone else
+            continue
 
 
 def _worker_context() -> multiprocessing.context.BaseContext:
@@ -267,7 +301,7 @@ def _finish(item: Item, dec: Decoded, faces: list[Face] | None, cfg: Config, out
     if dec.error is not None or dec.pixels is None:
         entry["note"] = dec.error or "not decoded"
     else:
-        pixels = dec.pixels.numpy()
+        pixels = dec.pixels
         height, width = pixels.shape[:2]
         entry.update(src_width=width, src_height=height)
         notes = [dec.note] if dec.note else []
@@ -289,7 +323,7 @@ def _finish(item: Item, dec: Decoded, faces: list[Face] | None, cfg: Config, out
             else:
                 notes.append(f"best face prob {choice.best_prob:.3f} < min_prob {cfg.align.min_prob}")
         target = out / item.rel_out
-        save_jpeg(target, crop, cfg.align.jpeg_quality)
+        save_jpeg(target, crop, cfg.align.jpeg_quality, durable=False)  # one sync at the end of _process
         entry.update(path=item.rel_out, note="; ".join(notes), out_fp=_output_stat(target))
     entry["t"] = time.time()
     return entry
@@ -332,24 +366,28 @@ def run_align(cfg: Config, splits: str | tuple[str, ...] = "all", shard: Shard |
     wanted = [it for it in all_items if it.split in chosen]
     summary = AlignSummary()
 
+    entries: dict[tuple[str, str], dict[str, Any]] = {}
     if not merge_only:
         mine = wanted[shard.index::shard.count]
         with shard_journal(out, chosen, shard, force) as journal:
             header = f"# align settings hash: {digest}\n"
             atomic_write_text(out / "align_config.yaml", header + to_yaml(cfg))
-            done = {} if force else valid_entries(out, mine, digest)
-            todo = [it for it in mine if it.key not in done]
+            # One scan of the journals (it stats every output file): what this shard has done, and
+            # what the manifest will need once the rest is done.
+            entries = {} if force else valid_entries(out, all_items, digest)
+            todo = [it for it in mine if it.key not in entries]
             summary.reused = len(mine) - len(todo)
             if todo:
                 (out / MANIFEST_NAME).unlink(missing_ok=True)  # rebuilt once every Id is done
                 log.info("align shard %s: %d to do, %d already done (settings %s) -> %s",
                          shard, len(todo), summary.reused, digest, out)
                 start = time.perf_counter()
-                _process(todo, cfg, out, digest, journal)
+                entries.update({(e["split"], e["Id"]): e for e in _process(todo, cfg, out, digest, journal)})
                 summary.seconds = time.perf_counter() - start
                 summary.processed = len(todo)
 
-    entries = valid_entries(out, all_items, digest)
+    if any(it.key not in entries for it in all_items):  # other shards' (or splits') work, or --merge-only
+        entries = valid_entries(out, all_items, digest)
     complete = [s for s in SPLITS if all(it.key in entries for it in all_items if it.split == s)]
     summary.pending = sum(1 for it in wanted if it.key not in entries)
     for split in chosen:
@@ -456,29 +494,28 @@ def detect_stream(items: list[Item], cfg: Config) -> Iterator[tuple[int, Decoded
             yield dec.index, dec, ((dec.faces or []) if acfg.enabled else None)
 
 
-def _process(todo: list[Item], cfg: Config, out: Path, digest: str, journal: Journal) -> None:
-    """Decode (and detect) via detect_stream, crop+write in threads, journal each result."""
+def _process(todo: list[Item], cfg: Config, out: Path, digest: str, journal: Journal) -> list[dict[str, Any]]:
+    """Decode (and detect) via detect_stream, crop+write in threads, journal each result; the entries."""
     from tqdm import tqdm
 
-    pending: set[Future] = set()
+    pending: deque[Future] = deque()  # writes in submission order: oldest first
     limit = 4 * max(1, cfg.align.batch_size)
 
-    def drain(block: bool) -> None:
-        nonlocal pending
-        if not pending:
-            return
-        finished, pending = wait(pending, timeout=None if block else 0,
-                                 return_when=FIRST_COMPLETED if block else "ALL_COMPLETED")
-        for fut in finished:
-            journal.append(fut.result())  # only after the JPEG is in place
+    done: list[dict[str, Any]] = []
+
+    def journal_oldest() -> None:
+        entry = pending.popleft().result()
+        journal.append(entry)  # only after the JPEG is in place
+        done.append(entry)
 
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="align-write") as writers, \
             tqdm(total=len(todo), unit="img", desc="align", disable=not show_progress(cfg.run.progress)) as bar:
         for index, dec, faces in detect_stream(todo, cfg):
-            pending.add(writers.submit(_finish, todo[index], dec, faces, cfg, out, digest))
+            pending.append(writers.submit(_finish, todo[index], dec, faces, cfg, out, digest))
             bar.update(1)
-            drain(block=False)
-            while len(pending) > limit:
-                drain(block=True)
+            while pending and (pending[0].done() or len(pending) > limit):
+                journal_oldest()
         while pending:
-            drain(block=True)
+            journal_oldest()
+    os.sync()  # the crops were written without a sync each; one for all of them (see images.atomic_path)
+    return done

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -161,7 +162,7 @@ def _finish(item: ClipItem, clip: Clip, out: Path, digest: str) -> dict[str, Any
     windows = []
     for w in clip.windows:
         rel = item.rel_out(w.index)
-        atomic_write_bytes(out / rel, w.png)
+        atomic_write_bytes(out / rel, w.png, durable=False)  # one sync at the end of _process
         windows.append({"window": w.index, "path": rel, "start_s": w.start_s, "end_s": w.end_s,
                         "out_fp": _stat(out / rel)})
     _remove_stale_windows(out, item, len(windows))
@@ -308,6 +309,7 @@ def _process(todo: list[ClipItem], cfg: Config, out: Path, digest: str, journal:
             failpoint("audio_clip")
             total += clip.duration_s or 0.0
             bar.update(1)
+    os.sync()  # the windows were written without a sync each; one for all (see images.atomic_path)
     return total
 
 

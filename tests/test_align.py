@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -366,16 +367,32 @@ def test_align_crops_a_small_face_in_a_large_frame(tmp_path: Path, workers: int)
     assert x0 < (bx0 + bx1) / 2 < x1 and y0 < (by0 + by1) / 2 < y1
 
 
-def test_resume_after_sigkill(tmp_path: Path) -> None:
-    """Kill the CLI mid-run; the rerun finishes, keeps what was done, and leaves only whole JPEGs."""
+def processes_tagged(tag: str) -> list[int]:
+    """PIDs whose environment holds ``DFP_TEST_TAG=<tag>`` (children inherit it)."""
+    pids = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"DFP_TEST_TAG={tag}".encode() in environ.read_bytes().split(b"\0"):
+                pids.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_resume_after_sigkill(tmp_path: Path, workers: int) -> None:
+    """Kill the CLI mid-run; the rerun finishes, keeps what was done, and leaves only whole JPEGs.
+    With a worker, nothing of the killed run lives on (its forkserver and worker used to, 1 GB each)."""
     root, out = tmp_path / "data", tmp_path / "faces"
     keys = make_layout(root, n_train=24, n_test=16, size=(256, 256), seed=1)
     # Slow on purpose: noise at 256 px with 12 px minimum faces, batches of 2.
-    slow = "align: {min_face_frac: 0.04, detect_max_side: 256, batch_size: 2}"
+    slow = f"align: {{min_face_frac: 0.04, detect_max_side: 256, batch_size: 2, workers: {workers}}}"
     cfg_path = write_cfg(tmp_path, root, out, slow)
     cmd = [PYTHON, "align_faces.py", "--config", str(cfg_path)]
     journal = out / ".journal" / "train-test-0-of-1.jsonl"
-    proc = subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    tag = f"{os.getpid()}-{tmp_path.name}"
+    env = {**cli_env(), "DFP_TEST_TAG": tag}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and proc.poll() is None:
         if journal.is_file() and journal.read_bytes().count(b"\n") >= 4:
@@ -385,6 +402,14 @@ def test_resume_after_sigkill(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     proc.stdout.close()
+    deadline = time.monotonic() + 20
+    while processes_tagged(tag) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = processes_tagged(tag)
+    for pid in left:  # do not leave them to the next test
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes of the killed run still alive: {left}"
     done_before = {(e["split"], e["Id"]): e for e in read_journals(out)}
     assert 4 <= len(done_before) < len(keys)
     mtimes = {k: (out / e["path"]).stat().st_mtime_ns for k, e in done_before.items()}
