@@ -467,6 +467,9 @@ def kill_and_resume(ctx: Ctx, share: float) -> dict[str, Any]:
     proc.wait()
     first_s = time.perf_counter() - start
     log_file.close()
+    deadline = time.monotonic() + 10  # its workers notice within a second that the stage is gone
+    while _group_members(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
     orphans = _group_members(proc.pid)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # they would otherwise linger, holding their memory
