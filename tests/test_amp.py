@@ -55,7 +55,8 @@ class _Faces(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        i, _epoch = key  # TrainLoop's sampler asks for (index, epoch), as dataset.FaceDataset takes them
         return self.images[i], self.targets[i], i
 
 
