@@ -357,7 +357,8 @@ def append_row(results: Path, row: dict[str, Any]) -> None:
             # A blank line keeps whatever follows (text, the next heading) out of the table.
             lines.insert(at, line if at == len(lines) or not lines[at].strip() else line + "\n")
         else:
-            lines.insert(end, ("\n" if end and lines[end - 1].strip() else "") + table_header() + line)
+            after = "\n" if end < len(lines) else ""  # a blank line before the next section's heading
+            lines.insert(end, ("\n" if end and lines[end - 1].strip() else "") + table_header() + line + after)
         text = "".join(lines)
     results.parent.mkdir(parents=True, exist_ok=True)
     tmp = results.with_name(f".{results.name}.{os.getpid()}.tmp")

@@ -139,3 +139,14 @@ def test_first_row_creates_heading_and_header(tmp_path: Path, text: str) -> None
     out = results.read_text()
     assert out.startswith(text) and "\n\n## Detection quality\n\n" in "\n\n" + out
     assert len(table_rows(out, "## Detection quality")) == 3
+
+
+def test_first_row_of_an_existing_section_keeps_the_next_heading_apart(tmp_path: Path) -> None:
+    quality = load_quality()
+    results = tmp_path / "R.md"
+    results.write_text(f"{quality.HEADING}\n\nPreamble.\n\n## Next section\n\ntext\n")
+    quality.append_row(results, {"dataset": "a", "tag": "first"})
+    out = results.read_text()
+    assert len(table_rows(out, quality.HEADING)) == 3
+    table, rest = out.split("\n\n## Next section")  # the table, then a blank line, then the heading
+    assert "| first |" in table and rest == "\n\ntext\n"
