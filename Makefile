@@ -57,13 +57,14 @@ clean-demo:
 
 # Offline installs (Kaggle notebooks with the internet off, the GPU check's machine): wheels of every
 # dependency at the versions of .venv, except torch/torchvision and their CUDA libraries (already in
-# such images), plus the project's own wheel. Then, with no network:
+# such images), plus the project's own wheel (setuptools included: torch declares it, and a bare venv
+# lacks it). Then, with no network:
 #   pip install --no-index --find-links .whl deepfake-pipeline
 WHEELS ?= .whl
-EXCLUDE_WHEELS = '^(torch|torchvision|triton|nvidia-[a-z0-9-]+|cuda-[a-z0-9-]+|pip|setuptools|wheel|ruff)=='
+EXCLUDE_WHEELS = '^(torch|torchvision|triton|nvidia-[a-z0-9-]+|cuda-[a-z0-9-]+|pip|ruff)=='
 wheels: $(STAMP)
 	rm -rf $(WHEELS) && mkdir -p $(WHEELS)
-	$(PY) -m pip freeze --exclude-editable | grep -viE $(EXCLUDE_WHEELS) | grep '==' > $(WHEELS)/requirements.lock
+	$(PY) -m pip freeze --all --exclude-editable | grep -viE $(EXCLUDE_WHEELS) | grep '==' > $(WHEELS)/requirements.lock
 	$(PY) -m pip download --quiet --no-deps --only-binary=:all: -d $(WHEELS) -r $(WHEELS)/requirements.lock
 	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w $(WHEELS) .
 	@echo "$$(ls $(WHEELS)/*.whl | wc -l) wheels in $(WHEELS): pip install --no-index --find-links $(WHEELS) deepfake-pipeline"
