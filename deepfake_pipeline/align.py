@@ -19,15 +19,14 @@ WORLD_SIZE give i and n. Each shard appends to its own journal file.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import multiprocessing
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +58,7 @@ from .journal import (
     shard_journal,
 )
 from .runtime import show_progress
+from .workers import exit_with, forkserver_context, lifeline
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class _BatchDataset(Dataset):
         self.copies = copies or detect_here
         self.detect_here = detect_here
         self._detector: FaceDetector | None = None  # built lazily, once per worker
-        self.stage_pid = os.getpid()  # the stage process: a worker ends when it does (_worker_init)
+        self.stage: Connection | None = None  # read end of the stage's lifeline (workers.exit_with)
 
     def __len__(self) -> int:
         return (len(self.items) + self.batch_size - 1) // self.batch_size
@@ -229,52 +229,14 @@ def detect_batch(detector: FaceDetector, batch: list[Decoded], cfg: AlignConfig)
 
 
 def _worker_init(_: int) -> None:
-    """A worker's start: one OpenCV thread, and an end of its own when the stage process dies.
-
-    A worker's parent is the forkserver, not the stage: torch's watchdog, which watches the parent,
-    misses a SIGKILL of the stage, and the worker then blocks at exit on a queue nobody reads. Its
-    copy of the forkserver's "stage alive" pipe also kept the forkserver running (1 GB left per
-    kill). So the worker drops that copy and watches the stage's pid itself.
-    """
-    import threading
-    from multiprocessing import forkserver
-
+    """A worker's start: one OpenCV thread, and an end of its own when the stage process dies."""
     from torch.utils.data import get_worker_info
 
     cv2.setNumThreads(1)
-    alive = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_alive_fd", None)
-    if alive is not None:
-        with contextlib.suppress(OSError):
-            os.close(alive)
     info = get_worker_info()
-    stage = getattr(info.dataset, "stage_pid", None) if info is not None else None
+    stage = getattr(info.dataset, "stage", None) if info is not None else None
     if stage is not None:
-        threading.Thread(target=_end_with, args=(stage,), daemon=True, name="align-stage-watch").start()
-
-
-def _end_with(pid: int, every_s: float = 1.0) -> None:
-    """Exit this process at once when process ``pid`` is gone."""
-    while True:
-        time.sleep(every_s)
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            os._exit(0)
-        except PermissionError:  # alive, owned by someone else
-            continue
-
-
-def _worker_context() -> multiprocessing.context.BaseContext:
-    """Workers forked from a fresh forkserver, not from this process.
-
-    A plain fork copies this process's OpenCV/OpenMP thread pools without their threads: once
-    this process has used them (an earlier run_align in the same process, the crop writers), a
-    forked worker hangs in its first OpenCV call. The forkserver imports this module once and
-    then forks clean workers quickly.
-    """
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])
-    return ctx
+        exit_with(stage)
 
 
 def _as_list(batch: list[Decoded]) -> list[Decoded]:
@@ -482,12 +444,24 @@ def detect_stream(items: list[Item], cfg: Config) -> Iterator[tuple[int, Decoded
         if not in_workers:
             detector = FaceDetector(acfg.min_face_frac, device, retry_below=acfg.min_prob)
     dataset = _BatchDataset(items, cfg, copies=detector is not None, detect_here=in_workers)
-    loader = DataLoader(
-        dataset, batch_size=None, shuffle=False, num_workers=acfg.workers, collate_fn=_as_list,
-        worker_init_fn=_worker_init, prefetch_factor=2 if acfg.workers > 0 else None,
-        multiprocessing_context=_worker_context() if acfg.workers > 0 else None,
-    )
-    for batch in loader:
+    if acfg.workers <= 0:
+        yield from _detected((dataset[b] for b in range(len(dataset))), detector, acfg)
+        return
+    ctx = forkserver_context([__name__])
+    dataset.stage, keep_alive = lifeline(ctx)
+    try:
+        yield from _detected(DataLoader(
+            dataset, batch_size=None, shuffle=False, num_workers=acfg.workers, collate_fn=_as_list,
+            worker_init_fn=_worker_init, prefetch_factor=2, multiprocessing_context=ctx,
+        ), detector, acfg)
+    finally:
+        keep_alive.close()
+        dataset.stage.close()
+
+
+def _detected(batches: Iterable[list[Decoded]], detector: FaceDetector | None, acfg: AlignConfig
+              ) -> Iterator[tuple[int, Decoded, list[Face] | None]]:
+    for batch in batches:
         if detector is not None:
             detect_batch(detector, batch, acfg)
         for dec in batch:

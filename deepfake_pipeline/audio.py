@@ -21,22 +21,19 @@ The path of one clip, in order:
    ``delta`` the log-mel's time derivative. Powers are dBFS (a full-scale sine peaks at 0 dB),
    mapped from ``db_range`` to 0..255; delta maps +-``DELTA_DB`` dB per frame to 1..255 around 128.
 
-This module reads files and writes none (the stage writes); it is all a worker process imports.
+This module reads files and writes none (the stage writes); with .workers it is all a worker process imports.
 The same input gives the same bytes on one machine whatever the worker count: no BLAS (einsum's
 own loops), integer window arithmetic, PNGs without timestamps.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
 import os
 import re
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
@@ -527,23 +524,3 @@ def _fill(clip: Clip, source: ClipReader, cfg: AudioConfig, notes: list[str], al
             clip.windows.append(ClipWindow(k, round(t0 / sr, 4), round((t0 + length) / sr, 4),
                                            encode_png(window_image(x, cfg))))
     clip.status = "window"
-
-
-# ---------------------------------------------------------------- worker lifetime
-
-
-def exit_with(parent: Connection) -> None:
-    """Pool worker initializer: end this worker as soon as the stage process is gone.
-
-    A pool worker waits on a task queue it holds both ends of, so a killed stage process (SIGKILL,
-    the OOM killer) would leave it waiting forever, holding the stage's stdout open. ``parent`` is
-    the read end of a pipe that only the stage process can write: end-of-file means it is gone.
-    This lives here, beside render_clip, because workers import only this module.
-    """
-
-    def watch() -> None:
-        with contextlib.suppress(EOFError, OSError):
-            parent.recv_bytes()
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-stage", daemon=True).start()

@@ -25,7 +25,6 @@ is byte-identical whatever the worker count.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import time
 from collections import Counter, deque
@@ -38,7 +37,7 @@ from typing import Any
 
 import pandas as pd
 
-from .audio import AUDIO_VERSION, DELTA_DB, Clip, exit_with, render_clip, window_samples
+from .audio import AUDIO_VERSION, DELTA_DB, Clip, render_clip, window_samples
 from .config import Config, stage_hash, to_dict, to_yaml
 from .dataset import load_layout
 from .errors import ConfigError, DataValidationError, PipelineError
@@ -53,6 +52,7 @@ from .journal import (
     shard_journal,
 )
 from .runtime import show_progress
+from .workers import exit_with, forkserver_context, lifeline
 
 log = logging.getLogger(__name__)
 
@@ -173,13 +173,6 @@ def _finish(item: ClipItem, clip: Clip, out: Path, digest: str) -> dict[str, Any
     }
 
 
-def _worker_context() -> multiprocessing.context.BaseContext:
-    """Workers forked from a fresh forkserver (as alignment does) that imports only the audio module."""
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["deepfake_pipeline.audio"])
-    return ctx
-
-
 def render_stream(items: list[ClipItem], cfg: Config) -> Iterator[tuple[ClipItem, Clip]]:
     """(item, rendered clip) in the order of ``items``; ``audio.workers`` processes, a bounded queue."""
     audio, allow_truncated = cfg.audio, cfg.data.allow_truncated
@@ -188,9 +181,9 @@ def render_stream(items: list[ClipItem], cfg: Config) -> Iterator[tuple[ClipItem
             yield item, render_clip(item.src, audio, allow_truncated)
         return
     limit = 4 * audio.workers
-    ctx = _worker_context()
-    alive, keep_alive = ctx.Pipe(duplex=False)  # workers exit when keep_alive closes (with this process)
-    # render_clip and exit_with live in .audio, so unpickling them in a worker imports nothing heavier.
+    # The forkserver preloads only .audio (render_clip) and .workers (exit_with): nothing heavier.
+    ctx = forkserver_context(["deepfake_pipeline.audio", "deepfake_pipeline.workers"])
+    alive, keep_alive = lifeline(ctx)  # workers exit when keep_alive closes (with this process)
     try:
         with ProcessPoolExecutor(max_workers=audio.workers, mp_context=ctx, initializer=exit_with,
                                  initargs=(alive,)) as pool:
