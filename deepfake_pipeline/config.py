@@ -96,6 +96,11 @@ class ModelConfig:
     fit: str = "resize"
     # Crop windows start on this pixel grid: with 8 every window keeps the JPEG 8x8 block phase.
     crop_grid: int = 8
+    # How the last feature map (C, H/32, W/32) becomes the head's input. global: the mean over all
+    # positions (images: a trace anywhere counts the same). time: the mean over columns only, each
+    # row kept, so the head knows which band a feature came from (spectrograms: rows are frequency,
+    # and where in the spectrum energy or smoothness sits is what gives a vocoder away).
+    pool: str = "global"
     drop_path: float = 0.1
     head_dropout: float = 0.2
 
@@ -321,6 +326,11 @@ def _check_values(cfg: Config) -> None:
     for name in cfg.model.channels:
         if name not in ("rgb", "fft", "srm"):
             problems.append(f"model.channels: unknown group {name!r} (rgb, fft, srm)")
+    if cfg.model.pool not in ("global", "time"):
+        problems.append(f"model.pool: {cfg.model.pool!r} is not one of global, time")
+    elif cfg.model.pool == "time" and cfg.model.img_size % 32:
+        problems.append(f"model.pool time: model.img_size {cfg.model.img_size} is not a multiple of 32 "
+                        "(the head has one weight set per row of the stride-32 feature map)")
     if cfg.model.fit not in ("resize", "crop"):
         problems.append(f"model.fit: {cfg.model.fit!r} is not one of resize, crop")
     elif cfg.model.fit == "crop" and cfg.align.size < cfg.model.img_size:

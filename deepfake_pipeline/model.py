@@ -85,18 +85,40 @@ def build_backbone(cfg: ModelConfig, in_chans: int, pretrained_file: str | Path 
 
 
 class DeepfakeClassifier(nn.Module):
-    """forensic channels -> ConvNeXt pooled features -> dropout -> linear: one logit per image."""
+    """forensic channels -> ConvNeXt pooled features -> dropout -> linear: one logit per image.
+
+    ``cfg.pool`` global: timm's own head (mean over the feature map, LayerNorm). time: the mean over
+    columns only, the same LayerNorm per row, rows concatenated: the linear head has one weight set
+    per band of ``img_size / 32`` input rows (a spectrogram's frequency bands).
+    """
 
     def __init__(self, cfg: ModelConfig, pretrained_file: str | Path | None = None) -> None:
         super().__init__()
         self.forensic = ForensicInput(cfg.channels)
         self.backbone = build_backbone(cfg, self.forensic.out_channels, pretrained_file)
-        self.num_features: int = self.backbone.num_features
+        self.pool = cfg.pool
+        self.rows = 1
+        if cfg.pool == "time":
+            reduction = int(self.backbone.feature_info[-1]["reduction"])
+            if cfg.img_size % reduction:
+                raise ConfigError(f"model.pool time: model.img_size {cfg.img_size} is not a multiple of {reduction}")
+            self.rows = cfg.img_size // reduction
+        elif cfg.pool != "global":
+            raise ConfigError(f"model.pool: {cfg.pool!r} is not one of global, time")
+        self.num_features: int = self.backbone.num_features * self.rows
         self.head = nn.Sequential(nn.Dropout(cfg.head_dropout), nn.Linear(self.num_features, 1))
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Pooled backbone features (B, num_features) of an RGB batch in [0, 1]."""
-        return self.backbone(self.forensic(x))
+        x = self.forensic(x)
+        if self.pool == "global":
+            return self.backbone(x)
+        fmap = self.backbone.forward_features(x)  # (B, C, rows, cols)
+        if fmap.shape[2] != self.rows:
+            raise ValueError(f"model.pool time: the head was built for {self.rows} feature rows "
+                             f"(model.img_size), the input gives {fmap.shape[2]}")
+        # timm's head norm is a LayerNorm over channels: applied to each row's column mean.
+        return self.backbone.head.norm(fmap.mean(dim=3, keepdim=True)).flatten(1)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits, shape (B,), of a float RGB batch in [0, 1] (B, 3, H, W); 1 = fake."""

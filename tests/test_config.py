@@ -95,3 +95,12 @@ def test_crop_fit_needs_faces_at_least_as_large_as_the_window() -> None:
         load_config(None, ["run.name=x", "model.fit=stretch"])
     # resize has no such limit: a smaller face is resampled up
     assert load_config(None, ["run.name=x", "align.size=96", "model.img_size=128"]).model.fit == "resize"
+
+
+def test_time_pool_is_checked_when_the_config_loads() -> None:
+    assert load_config(None, ["run.name=x", "model.img_size=128", "model.pool=time"]).model.pool == "time"
+    assert load_config(None, ["run.name=x"]).model.pool == "global"
+    with pytest.raises(ConfigError, match="model.img_size 112 is not a multiple of 32"):
+        load_config(None, ["run.name=x", "model.img_size=112", "model.pool=time"])
+    with pytest.raises(ConfigError, match="model.pool"):
+        load_config(None, ["run.name=x", "model.pool=freq"])

@@ -176,3 +176,39 @@ def test_layer_decay_scales() -> None:
     assert set(scale) == {n for n, _ in model.named_parameters()}
     with pytest.raises(ConfigError):
         param_groups(model, 0.05, layer_decay=1.5)
+
+
+def test_time_pool_keeps_one_feature_set_per_row_band() -> None:
+    # pool=time: the column mean of the stride-32 map, LayerNormed per row, rows side by side, so the
+    # head weighs each frequency band separately. Fails if rows are averaged away, mixed up, or the
+    # norm is skipped; the global pool of the same backbone is the mean of the un-normed rows.
+    model = build_classifier(tiny(img_size=128, pool="time")).eval()
+    c = model.backbone.num_features
+    assert model.rows == 4 and model.num_features == 4 * c and model.head[1].in_features == 4 * c
+    x = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        fmap = model.backbone.forward_features(model.forensic(x))
+        feats = model.forward_features(x).view(2, c, 4)
+        norm = model.backbone.head.norm
+        for r in range(4):
+            expected = norm(fmap[:, :, r:r + 1].mean(dim=3, keepdim=True)).flatten(1)
+            torch.testing.assert_close(feats[:, :, r], expected)
+        torch.testing.assert_close(model.backbone(model.forensic(x)),
+                                   norm(fmap.mean(dim=(2, 3), keepdim=True)).flatten(1))
+        # a band's content reaches its own row's features: the top rows of the input drive row 0
+        y = x.clone()
+        y[:, :, :32] = 0.0
+        moved = (model.forward_features(y).view(2, c, 4) - feats).abs().mean(dim=(0, 1))
+        assert moved[0] > moved[3]
+    with pytest.raises(ValueError, match="feature rows"):
+        model(torch.rand(1, 3, 96, 128))
+
+
+def test_time_pool_takes_the_ssl_backbone_and_checks_its_size() -> None:
+    ssl = build_classifier(tiny(img_size=128))
+    model = build_classifier(tiny(img_size=128, pool="time"))
+    assert load_backbone_state(model, backbone_state_dict(ssl)).loaded == len(backbone_state_dict(ssl))
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        build_classifier(tiny(img_size=112, pool="time"))
+    with pytest.raises(ConfigError, match="model.pool"):
+        build_classifier(tiny(pool="rows"))
