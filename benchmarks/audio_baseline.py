@@ -7,6 +7,10 @@ the band limits and the over-smooth or over-regular spectra of vocoders; they ne
 in seconds.
 
     python benchmarks/audio_baseline.py /work/shared/datasets/yourtts
+    python benchmarks/audio_baseline.py /work/shared/datasets/yourtts --folds /tmp/quality/runs/<tag>/folds.csv
+
+With ``--folds`` (a pipeline run's ``folds.csv``) it also prints its out-of-fold AUC on the run's own
+folds (speaker-grouped when the run's were), to set beside the pipeline's OOF AUC.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("dataset", help="folder with train_audio/, test_audio/, train_solution.csv, test_solution.csv")
+    p.add_argument("--folds", help="a run's folds.csv (Id, target, fold): also print the out-of-fold AUC")
     args = p.parse_args(argv)
     root = Path(args.dataset)
     start = time.perf_counter()
@@ -76,10 +81,18 @@ def main(argv: list[str] | None = None) -> int:
 
     train = pd.read_csv(root / "train_solution.csv", dtype={"Id": str})
     test = pd.read_csv(root / "test_solution.csv", dtype={"Id": str})
-    prob = fit_predict(features(paths("train", list(train["Id"]))), train["target_feature"].to_numpy(),
-                       features(paths("test", list(test["Id"]))))
+    train_x, train_y = features(paths("train", list(train["Id"]))), train["target_feature"].to_numpy()
+    prob = fit_predict(train_x, train_y, features(paths("test", list(test["Id"]))))
     m = binary_metrics(test["target_feature"], prob)
     print(f"{root.name}: test AUC {m['auc']:.4f} ({time.perf_counter() - start:.1f} s)")
+    if args.folds:
+        folds = pd.read_csv(args.folds, dtype={"Id": str}).set_index("Id")
+        fold = folds.loc[train["Id"], "fold"].to_numpy()
+        oof = np.zeros(len(train))
+        for k in np.unique(fold):
+            oof[fold == k] = fit_predict(train_x[fold != k], train_y[fold != k], train_x[fold == k])
+        print(f"{root.name}: out-of-fold AUC {binary_metrics(train_y, oof)['auc']:.4f} on the {len(np.unique(fold))} "
+              f"folds of {args.folds}")
     return 0
 
 
