@@ -72,7 +72,9 @@ class AudioConfig:
     max_windows: int = 8  # per clip, spread evenly over the speech: long clips get no more weight
     min_speech_s: float = 0.3  # less speech than this after trimming: the clip is recorded as silent
     trim_db: float = 40.0  # leading/trailing frames quieter than the clip's peak minus this are trimmed
-    db_range: list[float] = field(default_factory=lambda: [-100.0, 0.0])  # dBFS mapped to 0..255
+    # dBFS mapped to 0..255. Down to -130: the quiet high bands (a noise floor, a vocoder's empty top
+    # band) tell real from synthetic speech, and -100 clipped a fifth of the top rows (RESULTS.md).
+    db_range: list[float] = field(default_factory=lambda: [-130.0, -10.0])
     # Image channels (3): mel = log-mel power, linear = log power on linear-frequency bins resampled
     # to n_mels rows, delta = the log-mel's time derivative.
     channels: list[str] = field(default_factory=lambda: ["mel", "linear", "delta"])
