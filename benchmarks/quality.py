@@ -424,7 +424,8 @@ def run(args: argparse.Namespace, command: str) -> int:
     seconds, summary = run_stage("align", plan, lambda: align(plan, plan.sets))
     times["align"] = f"{seconds:.0f}" + (" (cached)" if summary.processed == 0 else "")
     if summary.processed == 0:
-        notes.append(f"faces already aligned ({summary.reused} images)")
+        notes.append(f"clips already prepared ({summary.reused} clips)" if plan.cfg.data.modality == "audio"
+                     else f"faces already aligned ({summary.reused} images)")
 
     sets = list(plan.sets)
     source: Path | None = None
