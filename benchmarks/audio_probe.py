@@ -1,7 +1,7 @@
 """A linear probe of the speech stage-1 windows: what a detector could read from them without a CNN.
 
 For every window, each image row's mean and standard deviation over time, of one channel (``mel``,
-``linear`` or ``delta``: ``audio.channels``' order in the manifest's PNGs); standardised, a logistic
+``linear``, ``delta`` or ``phase``: ``audio.channels``' order in the manifest's PNGs); standardised, a logistic
 regression, on a finished run's folds (speaker-grouped when the run used ``finetune.group_column``).
 Printed: window-level AUC, clip-level AUC (the mean of a clip's window logits, as the pipeline
 aggregates) pooled and per fold. It measures stage 1's settings (``audio.db_range``, channels), not the

@@ -18,8 +18,11 @@ The path of one clip, in order:
    polyphase grid, so a segment gives the same samples as resampling the whole clip would.
 6. Features (H = n_mels rows, W = frames columns, row 0 = the highest frequency, as a spectrogram
    is drawn): ``mel`` log-mel power, ``linear`` log power on equal-width frequency bands,
-   ``delta`` the log-mel's time derivative. Powers are dBFS (a full-scale sine peaks at 0 dB),
-   mapped from ``db_range`` to 0..255; delta maps +-``DELTA_DB`` dB per frame to 1..255 around 128.
+   ``delta`` the log-mel's time derivative, ``phase`` the instantaneous-frequency deviation (how far
+   each bin's phase advance over one hop strays from what the bin's own frequency predicts: neural
+   vocoders leave their high bands too regular). Powers are dBFS (a full-scale sine peaks at 0 dB),
+   mapped from ``db_range`` to 0..255; delta maps +-``DELTA_DB`` dB per frame to 1..255 around 128;
+   phase maps 0..pi radians to 0..255.
 
 This module reads files and writes none (the stage writes); with .workers it is all a worker process imports.
 The same input gives the same bytes on one machine whatever the worker count: no BLAS (einsum's
@@ -288,6 +291,40 @@ def delta(db: np.ndarray, span: int = _DELTA_SPAN) -> np.ndarray:
     return num / (2.0 * sum(n * n for n in range(1, span + 1)))
 
 
+def phase_deviation(x: np.ndarray, n_fft: int, hop: int, rows: int, floor_db: float = -130.0) -> np.ndarray:
+    """(rows, frames): |phase advance over one hop - 2 pi f hop / rate|, wrapped to 0..pi, per bin.
+
+    An STFT of ``2 * rows`` points (bins 1..rows, DC dropped: one bin per row, each at its linear row's
+    upper edge) whose frames share the centres of the ``n_fft`` power frames, so its columns line up
+    with the other channels'. Column t compares frame t with frame t - 1; column 0 repeats column 1.
+    Speech holds a bin's phase advance close to the bin's frequency only where a component is steady;
+    real recordings keep noise-like high bands (deviation near pi/2 on average), neural vocoders
+    smoother ones. Computed from the phase alone: the level of the band does not enter, except that
+    a bin below ``floor_db`` dBFS in either frame (digital silence) has no phase to speak of and gets
+    pi/2, what random phase averages, rather than a "steady" 0.
+    """
+    size = 2 * rows
+    if size > n_fft:
+        raise ValueError(f"the phase channel needs 2 * n_mels <= n_fft, got {size} > {n_fft}")
+    offset = (n_fft - size) // 2
+    x = np.asarray(x, np.float64)
+    frames = np.lib.stride_tricks.sliding_window_view(x[offset:], size)[::hop][: (len(x) - n_fft) // hop + 1]
+    window = np.hanning(size + 1)[:-1]
+    spectrum = np.fft.rfft(frames * window, axis=1)[:, 1: rows + 1]
+    expected = np.exp(-2j * np.pi * np.arange(1, rows + 1) * hop / size)
+    deviation = np.abs(np.angle(spectrum[1:] * np.conj(spectrum[:-1]) * expected))
+    audible = np.abs(spectrum) ** 2 * (4.0 / window.sum() ** 2) > 10.0 ** (floor_db / 10.0)
+    deviation = np.where(audible[1:] & audible[:-1], deviation, np.pi / 2)
+    if len(deviation) == 0:  # a one-frame window: nothing to compare
+        return np.zeros((rows, len(frames)))
+    return np.concatenate([deviation[:1], deviation]).T
+
+
+def quantise_phase(deviation: np.ndarray) -> np.ndarray:
+    """0..pi radians -> uint8 0..255."""
+    return np.floor(np.clip(deviation / np.pi, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
 def quantise_delta(d: np.ndarray, full_scale: float = DELTA_DB) -> np.ndarray:
     """dB per frame -> uint8 with 0 at 128 and +-``full_scale`` at 255 / 1."""
     return np.floor(np.clip(128.0 + d * (127.0 / full_scale), 0.0, 255.0) + 0.5).astype(np.uint8)
@@ -322,6 +359,7 @@ def window_image(x: np.ndarray, cfg: AudioConfig) -> np.ndarray:
         "mel": lambda: quantise(mel_db, cfg.db_range),
         "linear": lambda: quantise(power_to_db(np.einsum("rb,bt->rt", banks.linear, power)), cfg.db_range),
         "delta": lambda: quantise_delta(delta(mel_db)),
+        "phase": lambda: quantise_phase(phase_deviation(x, cfg.n_fft, cfg.hop_length, cfg.n_mels, lo)),
     }
     image = np.stack([planes[name]() for name in cfg.channels], axis=2)
     return np.ascontiguousarray(image[::-1])  # row 0 = the highest frequency

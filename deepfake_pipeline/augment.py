@@ -79,12 +79,14 @@ def _check_aug(aug: AugConfig) -> None:
 @dataclass(frozen=True)
 class SpectrogramLayout:
     """What the channels of a speech window hold (``audio.channels``): dB power mapped to [0, 1] from
-    [``db_low``, ``db_high``], or a time derivative centred on 0.5."""
+    [``db_low``, ``db_high``], a time derivative centred on 0.5, or a phase deviation (0..pi -> [0, 1],
+    level-free: gain and noise leave it alone)."""
 
     power: tuple[int, ...]
     delta: tuple[int, ...]
     db_low: float
     db_high: float
+    phase: tuple[int, ...] = ()
 
     @property
     def db_span(self) -> float:
@@ -94,7 +96,8 @@ class SpectrogramLayout:
 def spectrogram_layout(audio: AudioConfig) -> SpectrogramLayout:
     power = tuple(i for i, c in enumerate(audio.channels) if c in ("mel", "linear"))
     delta = tuple(i for i, c in enumerate(audio.channels) if c == "delta")
-    return SpectrogramLayout(power, delta, float(audio.db_range[0]), float(audio.db_range[1]))
+    phase = tuple(i for i, c in enumerate(audio.channels) if c == "phase")
+    return SpectrogramLayout(power, delta, float(audio.db_range[0]), float(audio.db_range[1]), phase)
 
 
 SPECTROGRAM_OPS = ("freq_mask", "time_mask", "gain_db", "noise", "time_shift", "lowpass")
@@ -106,7 +109,7 @@ class SpectrogramAugment(nn.Module):
     Frequency and time masking (SpecAugment; a masked band takes each channel's mean, neutral for
     every channel kind), a gain in dB and an added noise floor (in the power domain, on the power
     channels), a circular time shift, and a codec-like low-pass (the highest rows drop to the floor,
-    their deltas to 0). Random numbers come from torch's global CPU generator, like the image ops.
+    their deltas to 0, their phase to what the stage writes below the floor: pi/2). Random numbers come from torch's global CPU generator, like the image ops.
     """
 
     def __init__(self, aug: AugConfig, layout: SpectrogramLayout):
@@ -147,10 +150,11 @@ class SpectrogramAugment(nn.Module):
             rows = torch.arange(f)[None, :] < cut[:, None]
             gone = (rows & hit[:, None]).to(x.device)[:, None, :, None]
             fill = torch.zeros_like(x)
-            if self.layout.delta:
-                fill[:, list(self.layout.delta)] = 0.5
+            centred = list(self.layout.delta) + list(self.layout.phase)
+            if centred:
+                fill[:, centred] = 0.5
             channel = torch.zeros(x.shape[1], dtype=torch.bool, device=x.device)
-            channel[power + list(self.layout.delta)] = True
+            channel[power + centred] = True
             x = torch.where(gone & channel[None, :, None, None], fill, x)
         return x
 

@@ -76,7 +76,8 @@ class AudioConfig:
     # band) tell real from synthetic speech, and -100 clipped a fifth of the top rows (RESULTS.md).
     db_range: list[float] = field(default_factory=lambda: [-130.0, -10.0])
     # Image channels (3): mel = log-mel power, linear = log power on linear-frequency bins resampled
-    # to n_mels rows, delta = the log-mel's time derivative.
+    # to n_mels rows, delta = the log-mel's time derivative, phase = the instantaneous-frequency
+    # deviation on linear-frequency rows (audio.phase_deviation).
     channels: list[str] = field(default_factory=lambda: ["mel", "linear", "delta"])
     max_seconds: float = 600.0  # longer clips are read only where their windows fall (never whole)
     out: str = "data/audio_${audio.n_mels}"
@@ -306,8 +307,10 @@ def _check_values(cfg: Config) -> None:
     if cfg.data.modality not in ("image", "audio"):
         problems.append(f"data.modality: {cfg.data.modality!r} is not one of image, audio")
     for name in cfg.audio.channels:
-        if name not in ("mel", "linear", "delta"):
-            problems.append(f"audio.channels: unknown channel {name!r} (mel, linear, delta)")
+        if name not in ("mel", "linear", "delta", "phase"):
+            problems.append(f"audio.channels: unknown channel {name!r} (mel, linear, delta, phase)")
+    if "phase" in cfg.audio.channels and 2 * cfg.audio.n_mels > cfg.audio.n_fft:
+        problems.append("audio.channels: phase needs 2 * audio.n_mels <= audio.n_fft (one STFT bin per row)")
     if len(cfg.audio.channels) != 3:
         problems.append("audio.channels: exactly 3 (the stage writes RGB images)")
     a = cfg.audio

@@ -24,6 +24,7 @@ from deepfake_pipeline.audio import (
     ClipReader,
     audio_header,
     mel_filterbank,
+    phase_deviation,
     place_windows,
     render_clip,
     resample,
@@ -143,6 +144,57 @@ def test_features_of_sines_silence_and_the_row_order() -> None:
     assert (rising[:, :40] == 128).all() and (rising[:, -30:] == 128).all()  # before it and once steady
     with pytest.raises(ValueError, match="needs"):
         window_image(np.zeros(n - 1), cfg)
+
+
+def test_phase_channel_steady_tones_noise_and_alignment_with_the_power_rows() -> None:
+    cfg = AudioConfig(channels=["linear", "phase", "delta"])
+    n = window_samples(cfg)
+    t = np.arange(n) / cfg.sample_rate
+    noise = np.random.default_rng(0).standard_normal(n)
+    # 1 kHz is bin 16 of the 256-point phase STFT (62.5 Hz per bin) = image row 128 - 16 = 112, the
+    # linear channel's peak row: a steady tone advances exactly as its bin predicts (deviation 0).
+    image = window_image(0.5 * np.sin(2 * np.pi * 1000.0 * t) + 1e-3 * noise, cfg)
+    linear, phase = image[:, :, 0].astype(int), image[:, :, 1].astype(int)
+    assert int(np.argmax(linear[:, 10])) in (111, 112)
+    assert phase[112, 1:].max() <= 3
+    # Its leak into the next bin (62.5 Hz off-centre) advances 0.375 turn per hop more than that bin
+    # predicts: a steady 2.36 rad (191), the deviation's meaning rather than noise.
+    assert np.abs(phase[111, 1:] - 191).max() <= 2
+    # 1070 Hz in bin 17 (1062.5 Hz): 10.7 turns per hop against the bin's 10.625, 0.075 turn = 0.47 rad
+    # (38); the opposite sign of the expected advance would read 0.325 turn (166), none at all 0.3 (153).
+    off_centre = window_image(0.5 * np.sin(2 * np.pi * 1070.0 * t) + 1e-3 * noise, cfg)[:, :, 1].astype(int)
+    assert np.abs(off_centre[111, 1:] - 38).max() <= 2
+    # White noise: the deviation is close to uniform on 0..pi in every bin (the Nyquist bin, real-valued,
+    # is 0 or pi), so each row averages near half scale: a wrong scale or wrapping would shift it.
+    noisy = phase_deviation(noise, cfg.n_fft, cfg.hop_length, cfg.n_mels)
+    assert noisy.shape == (cfg.n_mels, cfg.frames) and noisy.min() >= 0.0 and noisy.max() <= np.pi
+    assert abs(noisy[:-1].mean() - np.pi / 2) < 0.1 and np.abs(noisy[:-1].mean(axis=1) - np.pi / 2).max() < 0.4
+    # Columns line up with the power channels: column t compares the 256-point frames centred where power
+    # frame t (n_fft samples from t * hop) and frame t - 1 are centred; column 0 repeats column 1.
+    size, hop = 2 * cfg.n_mels, cfg.hop_length
+    bins = np.arange(1, cfg.n_mels + 1)
+
+    def centred_spectrum(column: int) -> np.ndarray:
+        centre = column * hop + cfg.n_fft // 2
+        segment = noise[centre - size // 2: centre + size // 2] * np.hanning(size + 1)[:-1]
+        return np.fft.rfft(segment)[bins]
+
+    for column in (1, 60, cfg.frames - 1):
+        advance = np.angle(centred_spectrum(column) * np.conj(centred_spectrum(column - 1)))
+        reference = np.abs(np.angle(np.exp(1j * (advance - 2 * np.pi * bins * hop / size))))
+        np.testing.assert_allclose(noisy[:, column], reference, atol=1e-9)
+    np.testing.assert_array_equal(noisy[:, 0], noisy[:, 1])
+    onset = np.where(t > 0.6, np.sin(2 * np.pi * 1000.0 * t), 0.0) + 1e-3 * noise
+    both = window_image(onset, cfg)
+    # Level-free above the floor: the same waveform 26 dB quieter gives the same phase channel.
+    quiet = window_image(0.05 * onset, cfg)[:, :, 1].astype(int)
+    assert (np.abs(quiet - both[:, :, 1]) <= 1).mean() > 0.99  # but the few noise bins that dip under -130 dB
+    # Digital silence has no phase: half scale (what random phase averages), not a "steady" 0.
+    assert (window_image(np.zeros(n), cfg)[:, :, 1] == 128).all()
+    with pytest.raises(ValueError, match="2 \\* n_mels"):
+        phase_deviation(noise, 128, 160, 128)
+    with pytest.raises(ConfigError, match="phase needs"):
+        load_config(None, ["run.name=x", "audio.channels=[linear,phase,delta]", "audio.n_fft=128"])
 
 
 @pytest.mark.parametrize(("rate", "channels", "fmt"), [(48000, 2, "WAV"), (44100, 1, "FLAC"), (8000, 1, "WAV"),

@@ -268,5 +268,11 @@ def test_spectrogram_augmentations_act_on_their_axes_and_channels() -> None:
     assert torch.equal(low[:, :, 16:], x[:, :, 16:])
     rolled = run(time_shift=0.25)
     assert sorted(rolled.flatten().tolist()) == pytest.approx(sorted(x.flatten().tolist()))  # a permutation
+    # A phase channel (audio.channels linear, phase, delta): level-free, and below the floor pi/2 (0.5).
+    layout = SpectrogramLayout(power=(0,), delta=(2,), db_low=-100.0, db_high=0.0, phase=(1,))
+    assert torch.equal(run(gain_db=10.0, noise=1.0)[:, 1], x[:, 1])
+    low = run(lowpass=1.0, lowpass_keep=[0.5, 0.5])
+    assert torch.equal(low[:, 0, :16], torch.zeros_like(low[:, 0, :16]))
+    assert torch.allclose(low[:, 1:, :16], torch.full_like(low[:, 1:, :16], 0.5))
     with pytest.raises(ConfigError, match="speech windows only"):
         build_train_augment(AugConfig(time_mask=0.5))  # no layout: an image run
