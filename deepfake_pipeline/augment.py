@@ -109,7 +109,8 @@ class SpectrogramAugment(nn.Module):
     Frequency and time masking (SpecAugment; a masked band takes each channel's mean, neutral for
     every channel kind), a gain in dB and an added noise floor (in the power domain, on the power
     channels), a circular time shift, and a codec-like low-pass (the highest rows drop to the floor,
-    their deltas to 0, their phase to what the stage writes below the floor: pi/2). Random numbers come from torch's global CPU generator, like the image ops.
+    their deltas to 0, their phase to what the stage writes below the floor: pi/2). Random numbers
+    come from torch's global CPU generator, like the image ops.
     """
 
     def __init__(self, aug: AugConfig, layout: SpectrogramLayout):
