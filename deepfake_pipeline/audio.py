@@ -13,7 +13,8 @@ The path of one clip, in order:
    at most ``max_windows``, spread evenly over the speech with at least the overlap step between
    them: a long clip never weighs more than ``max_windows`` windows. Speech shorter than one
    window (but at least ``min_speech_s``) is tiled to fill it: a zero pad's length would be a
-   feature. Only the samples under a window are read again (seek + a resampling margin).
+   feature. Only the samples under a window are read again (seek + a resampling margin); lossy
+   files (MP3, Ogg), whose reads by position are inexact, are decoded once and sliced.
 5. Resampling to ``audio.sample_rate`` with ``resample_poly`` on segments that start on the
    polyphase grid, so a segment gives the same samples as resampling the whole clip would.
 6. Features (H = n_mels rows, W = frames columns, row 0 = the highest frequency, as a spectrogram
@@ -396,26 +397,27 @@ class Clip:
 
 
 def seeks_exactly(info: AudioInfo) -> bool:
-    """Whether libsndfile seeks this file to the exact sample: PCM, float, A/u-law and FLAC do. Lossy
-    codecs (MP3, Ogg Vorbis/Opus) restart decoding after a seek without what the frames before leave
-    behind (MP3's bit reservoir, Vorbis' overlap-add), and the samples that follow differ from a
-    straight decode (by up to 0.37 in MP3 and 0.57 in Vorbis on re-encoded yourtts clips)."""
+    """Whether libsndfile reads this file by position exactly: PCM, float, A/u-law and FLAC do. Lossy
+    codecs do not: a seek into MP3 or Ogg Vorbis restarts the decoder without the state the frames
+    before leave (MP3's bit reservoir, Vorbis' overlap-add), and MP3 read in several calls decodes
+    differently from one call ("part2_3_length too large" from libmpg123). On yourtts clips
+    re-encoded, the samples differed from one straight decode by up to 0.37 (MP3) and 0.57 (Vorbis)."""
     return info.format == "FLAC" or _bytes_per_frame(info.subtype, 1) > 0
 
 
 class ClipReader:
-    """An open clip read by position as mono float64; blocks only, never the whole file.
+    """An open clip read by position as mono float64.
 
-    Where seeking is inexact (:func:`seeks_exactly`) the reader never seeks into the middle of the
-    file: it decodes forward from where it is (or from the start, to go back) and drops what comes
-    before the samples asked for, so every read equals the same slice of one straight decode."""
+    Files that read exactly by position (:func:`seeks_exactly`) are read in blocks, never whole: a
+    2-hour WAV costs what a short one does. Lossy files (MP3, Ogg) are decoded once, in one call, up to
+    ``frames`` (``audio.max_seconds`` bounds it), and every read is a slice of that decode."""
 
     def __init__(self, path: Path, info: AudioInfo, dst_rate: int):
         self.path = path
         self.info = info
         self.file = sf.SoundFile(str(path))
         self.exact_seek = seeks_exactly(info)
-        self.pos = 0  # the decoder's position in the file
+        self.decoded: np.ndarray | None = None  # the lossy file's one decode (mono float32)
         self.frames = info.frames  # playable frames; lowered when decoding stops early
         self.up, self.down = resample_ratio(info.samplerate, dst_rate)
         # resample_poly's filter reaches 10 * max(up, down) upsampled samples each way.
@@ -425,34 +427,30 @@ class ClipReader:
     def close(self) -> None:
         self.file.close()
 
-    def _read(self, want: int) -> np.ndarray:
-        data = self.file.read(want, dtype="float32", always_2d=True)
-        self.pos += len(data)
-        if len(data) < want:
-            self.frames = min(self.frames, self.pos)
-        return data
-
-    def _go_to(self, start: int) -> None:
-        if self.exact_seek:
-            self.pos = self.file.seek(start)
-            return
-        if start < self.pos:
-            self.pos = self.file.seek(0)
-        while self.pos < start:
-            if not len(self._read(min(self.block, start - self.pos))):
-                return
+    def _decode(self) -> np.ndarray:
+        if self.decoded is None:
+            data = self.file.read(self.frames, dtype="float32", always_2d=True)
+            self.decoded = downmix(data).astype(np.float32)  # mono: exact; several channels: their mean
+            self.frames = min(self.frames, len(data))
+        return self.decoded
 
     def blocks(self, start: int, stop: int) -> Iterator[np.ndarray]:
         """Mono float64 blocks of [start, stop); stops early where the file ends."""
-        self._go_to(start)
-        if self.pos != start:  # the file ends before start
+        if not self.exact_seek:
+            piece = self._decode()[start:stop]
+            if len(piece):
+                yield piece.astype(np.float64)
             return
-        while self.pos < stop:
-            want = min(self.block, stop - self.pos)
-            data = self._read(want)
+        self.file.seek(start)
+        pos = start
+        while pos < stop:
+            want = min(self.block, stop - pos)
+            data = self.file.read(want, dtype="float32", always_2d=True)
             if len(data):
                 yield downmix(data)
+            pos += len(data)
             if len(data) < want:
+                self.frames = min(self.frames, pos)
                 return
 
     def read(self, start: int, stop: int) -> np.ndarray:

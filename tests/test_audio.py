@@ -216,18 +216,20 @@ def test_segment_reads_equal_resampling_the_whole_clip(tmp_path: Path, rate: int
                                                        (48000, "OGG", "OPUS"), (16000, "FLAC", "PCM_16")])
 def test_reads_of_lossy_files_equal_one_straight_decode(tmp_path: Path, rate: int, fmt: str, subtype: str) -> None:
     # Seeking into an MP3 or Ogg file restarts the decoder without the preceding frames' state, and
-    # the samples after a seek differ from a straight decode; the reader must decode forward instead.
+    # MP3 read in several calls decodes differently from one call: either way the samples differ from
+    # a straight decode. The reader must give exactly the straight decode's samples.
     if subtype not in sf.available_subtypes(fmt):
         pytest.skip(f"this libsndfile cannot write {fmt} {subtype}")
     path = tmp_path / f"clip.{'mp3' if fmt == 'MP3' else fmt.lower()}"
-    path.write_bytes(encode(speechlike(rate, 3.0, seed=3) + 0.05 * np.random.default_rng(1).standard_normal(
-        int(rate * 3.0)), rate, fmt, subtype))
+    x = speechlike(rate, 3.0, seed=3) + 0.05 * np.random.default_rng(1).standard_normal(int(rate * 3.0))
+    sf.write(path, x, rate, format=fmt, subtype=subtype, **({} if fmt == "FLAC" else {"compression_level": 0.5}))
     info = audio_header(path)
     whole = sf.read(path, dtype="float32")[0].astype(np.float64)
     reader = ClipReader(path, info, 16000)
     try:
         assert reader.exact_seek == (fmt == "FLAC")
         n = len(whole)
+        assert np.allclose(np.concatenate(list(reader.blocks(0, n))), whole, rtol=0, atol=1e-6)  # the scan
         # forward, overlapping (a rewind), backward, and to the end
         for a, b in [(5000, 9000), (12345, 20000), (19000, 23000), (1000, 3000), (n // 2, n // 2 + 4000),
                      (n - 700, n)]:
