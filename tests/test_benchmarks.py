@@ -117,3 +117,38 @@ def test_audio_baseline_scores_test_and_out_of_fold(tmp_path: Path) -> None:
     test_auc = float(re.search(r"test AUC ([0-9.]+)", proc.stdout).group(1))
     oof_auc = float(re.search(r"out-of-fold AUC ([0-9.]+) on the 3 folds", proc.stdout).group(1))
     assert test_auc > 0.8 and oof_auc > 0.8, proc.stdout
+
+
+def test_audio_codecs_encodes_decodable_lossy_copies_at_a_low_rate(tmp_path: Path) -> None:
+    # Each codec's copy must be the same speech (correlated with the source, same rate and length up
+    # to the codec's padding) at a lossy bit rate (16-bit PCM would be 256 kbit/s), and a second call
+    # keeps the copies already written.
+    import sys
+
+    import numpy as np
+    import soundfile as sf
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from audio_codecs import CODECS, encode
+
+    from .bad_audio import speechlike
+
+    clips = []
+    for k in range(2):
+        clips.append(tmp_path / f"c{k}.flac")
+        sf.write(clips[-1], speechlike(16000, 2.0, seed=k), 16000, format="FLAC")
+    for codec, (suffix, fmt, subtype, _) in CODECS.items():
+        if subtype not in sf.available_subtypes(fmt):
+            continue
+        kbps = encode(clips, codec, tmp_path / codec)
+        assert 5.0 < kbps < 128.0, (codec, kbps)
+        for clip in clips:
+            src, rate = sf.read(clip)
+            copy, copy_rate = sf.read(tmp_path / codec / (clip.stem + suffix))
+            assert copy_rate == rate and abs(len(copy) - len(src)) <= rate // 10, codec
+            n = min(len(copy), len(src))
+            lag = max(range(0, 1200), key=lambda d: float(np.dot(src[: n - d], copy[d:n])))
+            assert np.corrcoef(src[: n - lag], copy[lag:n])[0, 1] > 0.9, codec
+        stamp = (tmp_path / codec / (clips[0].stem + suffix)).stat().st_mtime_ns
+        encode(clips, codec, tmp_path / codec)
+        assert (tmp_path / codec / (clips[0].stem + suffix)).stat().st_mtime_ns == stamp
