@@ -152,3 +152,44 @@ def test_audio_codecs_encodes_decodable_lossy_copies_at_a_low_rate(tmp_path: Pat
         stamp = (tmp_path / codec / (clips[0].stem + suffix)).stat().st_mtime_ns
         encode(clips, codec, tmp_path / codec)
         assert (tmp_path / codec / (clips[0].stem + suffix)).stat().st_mtime_ns == stamp
+
+
+def test_framing_probe_finds_a_size_bias_and_nothing_where_there_is_none(tmp_path: Path) -> None:
+    # Fakes framed larger than reals (face side 0.55 vs 0.45 of the image), landmarks of the same
+    # shape: framing must score near 1 out of fold and on test, shape near chance. A probe that
+    # scored rows it trained on, or leaked the label, would score the shape too.
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+    rows, labels = [], []
+    for i in range(240):
+        target, split = i % 2, "train" if i < 180 else "test"
+        side = (0.55 if target else 0.45) * 320 + rng.normal(0, 8)
+        x0, y0 = 160 - side / 2 + rng.normal(0, 5), 150 - side / 2 + rng.normal(0, 5)
+        eye = 0.4 * side
+        marks = np.array([[-0.5, 0], [0.5, 0], [0, 0.5], [-0.4, 1.0], [0.4, 1.0]]) * eye
+        marks = marks + [x0 + side / 2, y0 + 0.35 * side] + rng.normal(0, 0.04 * eye, size=(5, 2))
+        rows.append({"Id": f"i{i}", "split": split, "status": "face", "src_width": 320, "src_height": 320,
+                     "face_box": f"{x0} {y0} {x0 + side} {y0 + side}",
+                     "landmarks": " ".join(f"{v:.2f}" for v in marks.ravel())})
+        labels.append({"Id": f"i{i}", "split": split, "target_feature": target})
+    rows.append({"Id": "nf", "split": "train", "status": "fallback", "src_width": 320, "src_height": 320,
+                 "face_box": "", "landmarks": ""})  # no face: left out, not a crash
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    pd.DataFrame(rows).to_csv(faces / "faces.csv", index=False)
+    frame = pd.DataFrame(labels)
+    for split in ("train", "test"):
+        frame[frame["split"] == split][["Id", "target_feature"]].to_csv(tmp_path / f"{split}_solution.csv", index=False)
+    proc = run_cli(["benchmarks/framing_probe.py", str(tmp_path), "--faces", str(faces)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines()[1:]}
+    assert "180 train faces, 60 test faces" in proc.stdout.splitlines()[0]
+
+    def aucs(group: str) -> tuple[float, float]:
+        parts = lines[group].split()
+        return float(parts[3]), float(parts[11])
+
+    assert min(aucs("framing")) > 0.9
+    assert max(aucs("shape")) < 0.75
