@@ -7,6 +7,8 @@ the fly, its finished folds, its calibrations. Printed per run and codec: the cl
 standard error, F1 and accuracy at the run's OOF threshold, and the codec's mean bit rate; first, the
 classic baseline's test AUC on each version (``audio_baseline.py``, fitted on the lossless train
 clips). The ``flac`` row is the clips as they are (the control: it reproduces the run's test figures).
+With ``--oof`` the train clips go the same way, each judged only by the fold model that validated on
+it (its calibration, the run's threshold): codec robustness read out of fold, before the test set.
 A codec rewrites the high bands, where the phase and the noise-floor cues live; a drop here is what
 a detector trained on lossless clips would lose on compressed uploads.
 
@@ -79,6 +81,54 @@ def judge(run: Path, folder: Path, labels: pd.Series) -> dict[str, float]:
             "f1": m["f1"], "acc": m["acc"], "fake_share": float(np.mean(frame["prob"] >= threshold_or_default(paths)))}
 
 
+def judge_oof(run: Path, folder: Path, labels: pd.Series) -> dict[str, float]:
+    """Out of fold: every labelled clip of ``folder`` (re-encoded train clips, by stem) judged only by
+    the fold model that validated on it, with that fold's calibration, pooled and scored at the
+    run's OOF threshold. On the clips as they are it reproduces the run's ``oof.csv``."""
+    import tempfile
+
+    from deepfake_pipeline.artifacts import RunPaths, per_id
+    from deepfake_pipeline.fallback import OnTheFlySpectrograms
+    from deepfake_pipeline.metrics import auc_standard_error, binary_metrics
+    from deepfake_pipeline.trained import (
+        finished_folds,
+        fold_logits,
+        inference_runtime,
+        load_fold_model,
+        load_run_config,
+        read_calibration,
+        read_threshold,
+        sigmoid,
+    )
+
+    cfg = load_run_config(run)
+    paths = RunPaths(run)
+    runtime = inference_runtime("cpu", cfg.run.amp, cfg.run.channels_last)
+    folds = pd.read_csv(paths.folds_csv, dtype={"Id": str})
+    folds = folds[folds["is_pseudo"] == 0]
+    files = {f.stem: f for f in folder.iterdir()}
+    ids: list[str] = []
+    parts: list[np.ndarray] = []
+    with tempfile.TemporaryDirectory(prefix="codec_oof_") as tmp:
+        spectrograms = OnTheFlySpectrograms(cfg, Path(tmp))
+        for k in finished_folds(paths, cfg.finetune.folds):
+            calibration = read_calibration(cfg, paths, k)
+            if calibration is None:
+                raise SystemExit(f"{run}: fold {k} has no calibration for its TTA views (run predict first)")
+            val = [i for i in folds.loc[folds["fold"] == k, "Id"] if i in files]
+            windows = [(i, str(w)) for i, a in zip(val, spectrograms.align([files[i] for i in val])) for w in a.items]
+            logits = fold_logits(cfg, load_fold_model(cfg, paths, k, runtime), runtime, [w for _, w in windows])
+            fold_ids, clip_logits = per_id([i for i, _ in windows], logits)
+            ids += fold_ids
+            parts.append(calibration(clip_logits))
+    prob = sigmoid(np.concatenate(parts))
+    y = labels.loc[ids].to_numpy()
+    threshold = read_threshold(paths)
+    m = binary_metrics(y, prob, threshold=threshold)
+    return {"auc": m["auc"], "se": auc_standard_error(m["auc"], int(y.sum()), int(len(y) - y.sum())),
+            "f1": m["f1"], "acc": m["acc"], "fake_share": float(np.mean(prob >= threshold)), "clips": len(ids)}
+
+
 def baseline_aucs(dataset: Path, folders: dict[str, tuple[Path, float]], labels: pd.Series) -> dict[str, float]:
     """The classic speech baseline (benchmarks/audio_baseline.py), fitted on the lossless train clips,
     scored on each version of the test clips: the reference beside the runs' rows."""
@@ -104,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--codecs", nargs="+", default=list(CODECS), choices=list(CODECS))
     p.add_argument("--scratch", type=Path, required=True, help="where the re-encoded clips go (reused)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--oof", action="store_true",
+                   help="also the train clips re-encoded, each judged out of fold by its own fold model")
     args = p.parse_args(argv)
 
     import torch
@@ -129,6 +181,23 @@ def main(argv: list[str] | None = None) -> int:
             rate = "-" if np.isnan(kbps) else f"{kbps:.0f}"
             print(f"| {run.name} | {name} | {rate} | {r['auc']:.3f} ± {r['se']:.3f} | {r['f1']:.3f} | "
                   f"{r['acc']:.3f} | {r['fake_share']:.2f} |", flush=True)
+    if args.oof and args.runs:
+        train = pd.read_csv(args.dataset / "train_solution.csv", dtype={"Id": str})
+        train_labels = train.set_index("Id")["target_feature"].astype(int)
+        train_clips = sorted(c for c in (args.dataset / "train_audio").iterdir() if c.stem in train_labels.index)
+        train_folders = {"flac (as is)": (args.dataset / "train_audio", float("nan"))}
+        for codec in args.codecs:
+            train_folders[codec] = (args.scratch / f"train-{codec}", encode(train_clips, codec, args.scratch / f"train-{codec}"))
+        print(f"\nOut of fold: {len(train_clips)} train clips ({int(train_labels.sum())} fake), each judged by the "
+              "fold model that validated on it")
+        print("| run | codec | kbit/s | OOF AUC | F1 | acc | called fake |")
+        print("|---|---|---|---|---|---|---|")
+        for run in args.runs:
+            for name, (folder, kbps) in train_folders.items():
+                r = judge_oof(run, folder, train_labels)
+                rate = "-" if np.isnan(kbps) else f"{kbps:.0f}"
+                print(f"| {run.name} | {name} | {rate} | {r['auc']:.3f} ± {r['se']:.3f} | {r['f1']:.3f} | "
+                      f"{r['acc']:.3f} | {r['fake_share']:.2f} |", flush=True)
     return 0
 
 

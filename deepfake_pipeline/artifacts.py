@@ -146,7 +146,8 @@ def per_id(ids: pd.Series | list[str], values: np.ndarray) -> tuple[list[str], n
 
 
 def fold_rows(folds: pd.DataFrame, faces: pd.DataFrame, k: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(training rows, validation rows) of fold ``k``, each with the ``path`` of its aligned face.
+    """(training rows, validation rows) of fold ``k``, each with the ``path`` of its aligned face (and,
+    for speech windows with codec copies, their ``copies``: paths joined by ";").
 
     ``folds`` is ``folds.csv``: labelled rows have their validation ``fold``; pseudo-labelled rows
     (``is_pseudo`` 1) have fold -1 and train fold ``pseudo_fold`` only, or every fold when it is -1.
@@ -160,7 +161,8 @@ def fold_rows(folds: pd.DataFrame, faces: pd.DataFrame, k: int) -> tuple[pd.Data
     val = folds[~pseudo & (folds["fold"] == k)].copy()
     if set(train["Id"][train["is_pseudo"] == 0]) & set(val["Id"]):
         raise PipelineError(f"fold {k}: a labelled row is in both its training and validation parts")
-    items = {split: usable_faces(faces, split)[["Id", "path"]] for split in ("train", "test")}
+    cols = ["Id", "path"] + (["copies"] if "copies" in faces.columns else [])  # speech codec copies
+    items = {split: usable_faces(faces, split)[cols] for split in ("train", "test")}
 
     def with_paths(rows: pd.DataFrame) -> pd.DataFrame:
         parts = [rows[rows["is_pseudo"] == p].merge(items[split], on="Id", how="left")

@@ -24,6 +24,9 @@ The path of one clip, in order:
    vocoders leave their high bands too regular). Powers are dBFS (a full-scale sine peaks at 0 dB),
    mapped from ``db_range`` to 0..255; delta maps +-``DELTA_DB`` dB per frame to 1..255 around 128;
    phase maps 0..pi radians to 0..255.
+7. Codec copies (training clips, ``audio.codec_copies``): the speech span, at most
+   ``audio.max_seconds``, is encoded and decoded in memory with each codec and windowed at the same
+   positions, so training can read a window as an MP3 or Opus listener would have heard it.
 
 This module reads files and writes none (the stage writes); with .workers it is all a worker process imports.
 The same input gives the same bytes on one machine whatever the worker count: no BLAS (einsum's
@@ -36,7 +39,7 @@ import io
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -373,6 +376,28 @@ def encode_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+# ---------------------------------------------------------------- codec copies
+
+# audio.codec_copies name -> (soundfile format, subtype). Through libsndfile: LAME/mpg123, libopus,
+# libvorbis. At the project's rate (16 kHz) each decodes to exactly the input's length and timing
+# (no encoder delay left: checked in tests/test_audio.py), so a copy's window covers the same speech.
+CODECS: dict[str, tuple[str, str]] = {"mp3": ("MP3", "MPEG_LAYER_III"), "opus": ("OGG", "OPUS"),
+                                      "vorbis": ("OGG", "VORBIS")}
+
+
+def codec_roundtrip(x: np.ndarray, rate: int, codec: str, level: float) -> np.ndarray:
+    """Mono samples encoded with ``codec`` at compression ``level`` (0..1, higher = fewer bits), in
+    memory, and decoded in one call (see :func:`seeks_exactly`): float64, ``len(x)`` samples."""
+    fmt, subtype = CODECS[codec]
+    buf = io.BytesIO()
+    with sf.SoundFile(buf, "w", samplerate=rate, channels=1, format=fmt, subtype=subtype,
+                      compression_level=float(level)) as f:
+        f.write(np.clip(x, -1.0, 1.0).astype(np.float32))
+    buf.seek(0)
+    y, _ = sf.read(buf, dtype="float64")
+    return np.pad(y, (0, len(x) - len(y))) if len(y) < len(x) else y[: len(x)]
+
+
 # ---------------------------------------------------------------- decoding a clip
 
 
@@ -382,6 +407,7 @@ class ClipWindow:
     start_s: float  # position in the original clip
     end_s: float
     png: bytes
+    copies: dict[str, bytes] = field(default_factory=dict)  # codec -> the same window of the re-encoded clip
 
 
 @dataclass
@@ -480,9 +506,12 @@ class ClipReader:
         return np.pad(segment, (0, t1 - t0 - len(segment))) if len(segment) < t1 - t0 else segment
 
 
-def render_clip(path: str | os.PathLike, cfg: AudioConfig, allow_truncated: bool = True) -> Clip:
+def render_clip(path: str | os.PathLike, cfg: AudioConfig, allow_truncated: bool = True,
+                copies: Sequence[tuple[str, float]] = ()) -> Clip:
     """Decode, trim and window one clip; the PNG bytes of every window, or why there are none.
 
+    ``copies``: (codec, level) pairs; every window is also rendered from the clip's speech passed
+    through :func:`codec_roundtrip` with each (``ClipWindow.copies``), at the same position.
     Never raises for a bad file: unreadable files come back as status ``unreadable`` with the
     reason, clips without enough sound as ``silent``; every fallback is in ``note``.
     """
@@ -505,7 +534,7 @@ def render_clip(path: str | os.PathLike, cfg: AudioConfig, allow_truncated: bool
     except (sf.SoundFileError, OSError) as exc:
         return Clip("unreadable", f"cannot decode: {exc}", clip.duration_s, info.samplerate, info.channels)
     try:
-        _fill(clip, source, cfg, notes, allow_truncated)
+        _fill(clip, source, cfg, notes, allow_truncated, copies)
     except (sf.SoundFileError, OSError) as exc:
         # A failure while seeking back for a window (after the scan decoded the clip).
         clip.status, clip.windows = "unreadable", []
@@ -543,7 +572,8 @@ def _scan(source: ClipReader, stop: int, frame: int, notes: list[str], allow_tru
     return (np.concatenate(energies) if energies else np.zeros(0)), True
 
 
-def _fill(clip: Clip, source: ClipReader, cfg: AudioConfig, notes: list[str], allow_truncated: bool) -> None:
+def _fill(clip: Clip, source: ClipReader, cfg: AudioConfig, notes: list[str], allow_truncated: bool,
+          copies: Sequence[tuple[str, float]] = ()) -> None:
     info = source.info
     rate = info.samplerate
     limit = int(round(cfg.max_seconds * rate))
@@ -579,14 +609,21 @@ def _fill(clip: Clip, source: ClipReader, cfg: AudioConfig, notes: list[str], al
         return
     length = window_samples(cfg)
     sr = cfg.sample_rate
+    # The codec sees the whole speech span (at most audio.max_seconds), as a file would be encoded.
+    coded = {codec: codec_roundtrip(source.read_target(s0, s1), sr, codec, level) for codec, level in copies}
+
+    def render(x: np.ndarray) -> bytes:
+        return encode_png(window_image(x, cfg))
+
     if speech < length:
         x = tile(source.read_target(s0, s1), length)
         notes.append(f"tiled: {speech / sr:.2f} s of speech repeated to fill a {length / sr:.2f} s window")
-        clip.windows.append(ClipWindow(0, round(s0 / sr, 4), round(s1 / sr, 4), encode_png(window_image(x, cfg))))
+        clip.windows.append(ClipWindow(0, round(s0 / sr, 4), round(s1 / sr, 4), render(x),
+                                       {c: render(tile(y, length)) for c, y in coded.items()}))
     else:
         for k, offset in enumerate(place_windows(speech, length, cfg.max_windows, cfg.window_overlap)):
             t0 = s0 + offset
             x = source.read_target(t0, t0 + length)
-            clip.windows.append(ClipWindow(k, round(t0 / sr, 4), round((t0 + length) / sr, 4),
-                                           encode_png(window_image(x, cfg))))
+            clip.windows.append(ClipWindow(k, round(t0 / sr, 4), round((t0 + length) / sr, 4), render(x),
+                                           {c: render(y[offset: offset + length]) for c, y in coded.items()}))
     clip.status = "window"

@@ -4,6 +4,7 @@ The audio twin of :mod:`deepfake_pipeline.align`, with the same contract, resume
 Outputs under ``audio.out``::
 
     train/<Id>_w<k>.png  test/<Id>_w<k>.png   n_mels x frames RGB windows (PNG, written atomically)
+    train/<Id>_w<k>.<codec>.png               the same window of the clip re-encoded (audio.codec_copies)
     faces.csv                                 the stage-1 manifest: one row per window, plus one row
                                               (window -1, no path) per clip without a window
     align_config.yaml                         the resolved config, headed by the settings hash
@@ -24,6 +25,7 @@ is byte-identical whatever the worker count.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import time
@@ -35,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .audio import AUDIO_VERSION, DELTA_DB, Clip, render_clip, window_samples
@@ -51,16 +54,17 @@ from .journal import (
     selected_splits,
     shard_journal,
 )
-from .runtime import show_progress
+from .runtime import derive_seed, show_progress
 from .workers import exit_with, forkserver_context, lifeline
 
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "faces.csv"  # the stage-1 contract's name, shared with alignment
 MANIFEST_COLUMNS = [
-    "Id", "split", "window", "status", "path", "note", "start_s", "end_s", "duration_s", "src_rate",
+    "Id", "split", "window", "status", "path", "copies", "note", "start_s", "end_s", "duration_s", "src_rate",
     "src_channels", "settings_hash",
 ]
+COPY_SPLIT = "train"  # codec copies are training material: labelled clips only
 # Audio keys that never change a window (speed, location) stay out of the hash.
 _HASH_EXCLUDED = {"workers", "out"}
 
@@ -72,6 +76,8 @@ def settings_hash(cfg: Config) -> str:
     """
     full = to_dict(cfg)
     audio = {k: v for k, v in full["audio"].items() if k not in _HASH_EXCLUDED}
+    if not audio["codec_copies"]:  # without copies their level cannot matter (and older outputs stay valid)
+        del audio["codec_copies"], audio["codec_level"]
     data = {"allow_truncated": full["data"]["allow_truncated"]}
     extra = {"audio": audio, "data": data, "version": AUDIO_VERSION, "delta_db": DELTA_DB}
     return stage_hash(cfg, [], extra=extra)
@@ -93,13 +99,14 @@ class ClipItem:
     id: str
     src: Path
     fingerprint: str  # "<size>-<mtime_ns>" of the source, "" when it cannot be stat'ed
+    copies: tuple[tuple[str, float], ...] = ()  # (codec, compression level) of each codec copy
 
     @property
     def key(self) -> tuple[str, str]:
         return self.split, self.id
 
-    def rel_out(self, window: int) -> str:
-        return f"{self.split}/{self.id}_w{window}.png"
+    def rel_out(self, window: int, codec: str = "") -> str:
+        return f"{self.split}/{self.id}_w{window}{'.' + codec if codec else ''}.png"
 
 
 def _stat(path: Path) -> str:
@@ -110,11 +117,22 @@ def _stat(path: Path) -> str:
     return f"{st.st_size}-{st.st_mtime_ns}"
 
 
+def codec_plan(cfg: Config, split: str, ident: str) -> tuple[tuple[str, float], ...]:
+    """The (codec, level) copies of one clip: train clips only; each level drawn uniformly from
+    ``audio.codec_level`` by (seed, Id, codec) alone, so reruns and shards make the same bytes."""
+    if split != COPY_SPLIT:
+        return ()
+    lo, hi = (float(v) for v in cfg.audio.codec_level)
+    return tuple((codec, round(float(np.random.default_rng(derive_seed(cfg.run.seed, "codec", ident, codec))
+                                     .uniform(lo, hi)), 4))
+                 for codec in cfg.audio.codec_copies)
+
+
 def plan_clips(cfg: Config) -> list[ClipItem]:
     """Validate the layout (raises DataValidationError) and list every (split, Id), sorted."""
     # Headers are not pre-checked: render_clip reads them and records unreadable clips.
     layout = load_layout(cfg.data, check_images=False)
-    items = [ClipItem(split.name, str(ident), Path(path), _stat(Path(path)))
+    items = [ClipItem(split.name, str(ident), Path(path), _stat(Path(path)), codec_plan(cfg, split.name, str(ident)))
              for split in (layout.train, layout.test)
              for ident, path in zip(split.frame["Id"], split.frame["path"])]
     items.sort(key=lambda it: it.key)
@@ -134,7 +152,8 @@ def valid_entries(out: Path, items: list[ClipItem], digest: str) -> dict[tuple[s
             item = by_key.get(key)
             if item is None or entry["hash"] != digest or entry["src_fp"] != item.fingerprint:
                 continue
-            if any(w["out_fp"] != _stat(out / w["path"]) for w in entry["windows"]):
+            files = [f for w in entry["windows"] for f in (w, *w.get("copies", []))]
+            if any(f["out_fp"] != _stat(out / f["path"]) for f in files):
                 continue
             if key not in best or entry["t"] >= best[key]["t"]:
                 best[key] = entry
@@ -147,13 +166,12 @@ def valid_entries(out: Path, items: list[ClipItem], digest: str) -> dict[tuple[s
 
 
 def _remove_stale_windows(out: Path, item: ClipItem, keep: int) -> None:
-    """Delete window files ``keep``, ``keep + 1``, ... left by an earlier run with more windows."""
+    """Delete window files ``keep``, ``keep + 1``, ... (and their codec copies) left by an earlier run
+    with more windows."""
     k = keep
-    while True:
-        try:
-            (out / item.rel_out(k)).unlink()
-        except FileNotFoundError:
-            return
+    while (out / item.rel_out(k)).exists():
+        for stale in (out / item.split).glob(f"{glob.escape(item.id)}_w{k}.*png"):  # the window and its copies
+            stale.unlink(missing_ok=True)
         k += 1
 
 
@@ -161,10 +179,15 @@ def _finish(item: ClipItem, clip: Clip, out: Path, digest: str) -> dict[str, Any
     """Write the clip's PNGs (atomically) and return its journal entry."""
     windows = []
     for w in clip.windows:
+        copies = []
+        for codec, png in w.copies.items():  # copies first: the window's own file completes it
+            rel = item.rel_out(w.index, codec)
+            atomic_write_bytes(out / rel, png, durable=False)
+            copies.append({"codec": codec, "path": rel, "out_fp": _stat(out / rel)})
         rel = item.rel_out(w.index)
         atomic_write_bytes(out / rel, w.png, durable=False)  # one sync at the end of _process
         windows.append({"window": w.index, "path": rel, "start_s": w.start_s, "end_s": w.end_s,
-                        "out_fp": _stat(out / rel)})
+                        "out_fp": _stat(out / rel), "copies": copies})
     _remove_stale_windows(out, item, len(windows))
     return {
         "split": item.split, "Id": item.id, "status": clip.status, "note": clip.note,
@@ -178,7 +201,7 @@ def render_stream(items: list[ClipItem], cfg: Config) -> Iterator[tuple[ClipItem
     audio, allow_truncated = cfg.audio, cfg.data.allow_truncated
     if audio.workers <= 0:
         for item in items:
-            yield item, render_clip(item.src, audio, allow_truncated)
+            yield item, render_clip(item.src, audio, allow_truncated, item.copies)
         return
     limit = 4 * audio.workers
     # The forkserver preloads only .audio (render_clip) and .workers (exit_with): nothing heavier.
@@ -189,7 +212,7 @@ def render_stream(items: list[ClipItem], cfg: Config) -> Iterator[tuple[ClipItem
                                  initargs=(alive,)) as pool:
             queue: deque[tuple[ClipItem, Future]] = deque()
             for item in items:
-                queue.append((item, pool.submit(render_clip, item.src, audio, allow_truncated)))
+                queue.append((item, pool.submit(render_clip, item.src, audio, allow_truncated, item.copies)))
                 if len(queue) >= limit:
                     yield _result(*queue.popleft())
             while queue:
@@ -308,18 +331,21 @@ def _process(todo: list[ClipItem], cfg: Config, out: Path, digest: str, journal:
 
 def build_manifest(items: list[ClipItem], entries: dict[tuple[str, str], dict[str, Any]], out: Path
                    ) -> pd.DataFrame:
-    """faces.csv: a row per window in (split, Id, window) order, ``path`` as <audio.out>/<split>/<Id>_w<k>.png;
-    a clip without windows gets one row, window -1 and no path, its status and note saying why."""
+    """faces.csv: a row per window in (split, Id, window) order, ``path`` as <audio.out>/<split>/<Id>_w<k>.png
+    and ``copies`` its codec copies' paths joined by ";" (empty without); a clip without windows gets one
+    row, window -1 and no path, its status and note saying why."""
     rows = []
     for it in items:
         e = entries[it.key]
         common = {"Id": it.id, "split": it.split, "note": e["note"], "duration_s": e["duration_s"],
                   "src_rate": e["src_rate"], "src_channels": e["src_channels"], "settings_hash": e["hash"]}
         if not e["windows"]:
-            rows.append({**common, "window": -1, "status": e["status"], "path": "", "start_s": None, "end_s": None})
+            rows.append({**common, "window": -1, "status": e["status"], "path": "", "copies": "",
+                         "start_s": None, "end_s": None})
         for w in e["windows"]:
+            copies = ";".join(str(out / c["path"]) for c in w.get("copies", []))
             rows.append({**common, "window": w["window"], "status": "window", "path": str(out / w["path"]),
-                         "start_s": w["start_s"], "end_s": w["end_s"]})
+                         "copies": copies, "start_s": w["start_s"], "end_s": w["end_s"]})
     frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     for col in ("window", "src_rate", "src_channels"):
         frame[col] = frame[col].astype("Int64")

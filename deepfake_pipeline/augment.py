@@ -55,7 +55,7 @@ def _check_aug(aug: AugConfig) -> None:
         problems.append(f"aug.jpeg_quality: need [lo, hi] with 1 <= lo <= hi <= 100, got {q}")
     if not 0.0 < aug.cutout_frac <= 1.0:
         problems.append(f"aug.cutout_frac: {aug.cutout_frac} is outside (0, 1]")
-    for name in ("freq_mask", "time_mask", "noise", "lowpass"):
+    for name in ("freq_mask", "time_mask", "noise", "lowpass", "codec"):
         if not 0.0 <= getattr(aug, name) <= 1.0:
             problems.append(f"aug.{name}: probability {getattr(aug, name)} is outside [0, 1]")
     for name in ("freq_mask_frac", "time_mask_frac", "time_shift"):

@@ -80,6 +80,12 @@ class AudioConfig:
     # deviation on linear-frequency rows (audio.phase_deviation).
     channels: list[str] = field(default_factory=lambda: ["mel", "linear", "delta"])
     max_seconds: float = 600.0  # longer clips are read only where their windows fall (never whole)
+    # Codec copies of the labelled (train) clips: each window is also rendered from the clip re-encoded
+    # with each codec named here (mp3, opus, vorbis), at a compression level drawn per clip from
+    # codec_level (0..1, soundfile's: higher = fewer bits). finetune.aug.codec decides how often training
+    # reads a copy instead; validation, OOF and prediction never do. Test clips get none.
+    codec_copies: list[str] = field(default_factory=list)
+    codec_level: list[float] = field(default_factory=lambda: [0.2, 0.99])
     out: str = "data/audio_${audio.n_mels}"
     workers: int = 2
 
@@ -150,6 +156,9 @@ class AugConfig:
     time_shift: float = 0.0  # circular time shift of up to this share of the window
     lowpass: float = 0.0  # chance of a codec-like low-pass: rows above a cutoff drop to the floor
     lowpass_keep: list[float] = field(default_factory=lambda: [0.5, 0.9])  # share of the band kept
+    # Chance that a training window is read from one of its codec copies (audio.codec_copies, made
+    # by stage 1 from the re-encoded clip), drawn per (epoch, window); 0 or no copies: never.
+    codec: float = 0.0
 
 
 @dataclass
@@ -325,7 +334,13 @@ def _check_values(cfg: Config) -> None:
         (len(a.db_range) == 2 and a.db_range[0] < a.db_range[1], "audio.db_range: [low, high] with low < high"),
         (a.max_seconds > 0.0, "audio.max_seconds: must be > 0"),
         (a.workers >= 0, "audio.workers: must be >= 0"),
+        (len(a.codec_level) == 2 and 0.0 <= a.codec_level[0] <= a.codec_level[1] < 1.0,
+         "audio.codec_level: [low, high] with 0 <= low <= high < 1 (libsndfile refuses MP3 at 1.0)"),
     ) if not ok]
+    problems += [f"audio.codec_copies: unknown codec {name!r} (mp3, opus, vorbis)"
+                 for name in a.codec_copies if name not in ("mp3", "opus", "vorbis")]
+    if len(set(a.codec_copies)) != len(a.codec_copies):
+        problems.append("audio.codec_copies: a codec is named twice")
     if cfg.align.select not in ("prob", "largest"):
         problems.append(f"align.select: {cfg.align.select!r} is not one of prob, largest")
     for name in cfg.model.channels:

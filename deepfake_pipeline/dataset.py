@@ -306,6 +306,25 @@ class JpegReencode:
         return decode_jpeg(encode_jpeg(image.contiguous(), quality=q), mode=ImageReadMode.RGB)
 
 
+@dataclass(frozen=True)
+class CodecCopyPick:
+    """Read a training window from one of its codec copies (stage 1's ``audio.codec_copies``) with
+    chance ``p``, the copy drawn uniformly; the draws come from (seed, epoch, index) alone, like
+    :class:`JpegReencode`'s."""
+
+    p: float
+    seed: int
+
+    def __call__(self, path: str, copies: tuple[str, ...], index: int, epoch: int) -> str:
+        from .runtime import derive_seed
+
+        if not copies:
+            return path
+        rng = np.random.default_rng(derive_seed(self.seed, "codec", epoch, index))
+        hit, pick = rng.random() < self.p, int(rng.integers(len(copies)))
+        return copies[pick] if hit else path
+
+
 class FaceDataset(Dataset):
     """Decodes aligned face JPEGs to uint8 CHW tensors (in DataLoader workers).
 
@@ -314,13 +333,17 @@ class FaceDataset(Dataset):
     unreadable one raises :class:`ImageReadError` naming the file (never a zero tensor).
 
     The training loop asks for ``(index, epoch)`` keys (``engine.EpochBatches``): with ``jpeg`` set,
-    those images are re-encoded (:class:`JpegReencode`); plain integer keys (validation, prediction)
-    never are.
+    those images are re-encoded (:class:`JpegReencode`), and with ``codec`` set a speech window may be
+    read from one of its ``copies`` (";"-joined paths per item, :class:`CodecCopyPick`); plain integer
+    keys (validation, prediction) never are.
     """
 
     def __init__(self, paths: list[str], targets: np.ndarray | None = None, size: int | None = None,
-                 jpeg: JpegReencode | None = None):
+                 jpeg: JpegReencode | None = None, copies: list[str] | None = None,
+                 codec: CodecCopyPick | None = None):
         self.paths = list(paths)
+        self.copies = [tuple(c for c in str(text).split(";") if c) for text in copies] if copies else None
+        self.codec = codec if codec is not None and codec.p > 0 and self.copies else None
         self.targets = (
             np.asarray(targets, dtype=np.float32) if targets is not None else np.full(len(paths), -1.0, np.float32)
         )
@@ -333,6 +356,8 @@ class FaceDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
         index, epoch = (key, None) if isinstance(key, (int, np.integer)) else key
         path = self.paths[index]
+        if self.codec is not None and epoch is not None:
+            path = self.codec(path, self.copies[index], int(index), int(epoch))
         image = decode_face(path)
         if self.size is not None and (image.shape[1] != self.size or image.shape[2] != self.size):
             image = torch.nn.functional.interpolate(

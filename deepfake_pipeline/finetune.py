@@ -27,7 +27,7 @@ from .artifacts import RunPaths, faces_fingerprint, fold_rows, load_faces, per_i
 from .augment import InputFit, augment_for, input_fit, train_jpeg
 from .checkpoint import load_weights, read_done, save_weights, write_done
 from .config import Config, stage_hash
-from .dataset import FaceDataset, load_layout, make_folds, read_pseudo_labels
+from .dataset import CodecCopyPick, FaceDataset, load_layout, make_folds, read_pseudo_labels
 from .engine import ComputeLoss, LoopSpec, TrainLoop, make_loader, predict_logits
 from .errors import CheckpointError, PipelineError, StaleOutputError
 from .faults import failpoint
@@ -230,7 +230,9 @@ def train_fold(
         raise PipelineError(f"fold {k}: no usable images in its training or validation part")
 
     train_set = FaceDataset(list(train_rows["path"]), train_rows["target"].to_numpy(),
-                            jpeg=train_jpeg(cfg.finetune.aug, derive_seed(cfg.run.seed, "fold", k)))
+                            jpeg=train_jpeg(cfg.finetune.aug, derive_seed(cfg.run.seed, "fold", k)),
+                            copies=list(train_rows["copies"].fillna("")) if "copies" in train_rows else None,
+                            codec=CodecCopyPick(cfg.finetune.aug.codec, derive_seed(cfg.run.seed, "codec", k)))
     val_set = FaceDataset(list(val_rows["path"]), val_rows["target"].to_numpy())
     val_loader = make_loader(val_set, None, runtime, cfg.run.workers, cfg.run.seed, batch_size=cfg.predict.batch_size)
 

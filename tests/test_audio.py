@@ -20,9 +20,11 @@ from omegaconf import OmegaConf
 from sklearn.metrics import roc_auc_score
 
 from deepfake_pipeline.audio import (
+    CODECS,
     AudioInfo,
     ClipReader,
     audio_header,
+    codec_roundtrip,
     mel_filterbank,
     phase_deviation,
     place_windows,
@@ -31,7 +33,7 @@ from deepfake_pipeline.audio import (
     window_image,
     window_samples,
 )
-from deepfake_pipeline.audio_stage import MANIFEST_COLUMNS, run_prepare_audio, settings_hash
+from deepfake_pipeline.audio_stage import MANIFEST_COLUMNS, codec_plan, run_prepare_audio, settings_hash
 from deepfake_pipeline.config import AudioConfig, Config, DataConfig, load_config
 from deepfake_pipeline.dataset import decode_face, load_layout
 from deepfake_pipeline.demo_audio import generate
@@ -241,6 +243,60 @@ def test_reads_of_lossy_files_equal_one_straight_decode(tmp_path: Path, rate: in
         reader.close()
 
 
+@pytest.mark.parametrize("codec", sorted(CODECS))
+def test_codec_roundtrip_keeps_length_and_timing_and_loses_more_at_higher_levels(codec: str) -> None:
+    # A codec copy's window must cover the same speech as the original window: no encoder delay,
+    # no padding. And it must really be the codec: the error grows as the level cuts bits.
+    fmt, subtype = CODECS[codec]
+    if subtype not in sf.available_subtypes(fmt):
+        pytest.skip(f"this libsndfile cannot write {fmt} {subtype}")
+    x = speechlike(16000, 2.5, seed=5) + 0.01 * np.random.default_rng(2).standard_normal(40000)
+    errors = []
+    for level in (0.1, 0.95):
+        y = codec_roundtrip(x, 16000, codec, level)
+        assert y.shape == x.shape and y.dtype == np.float64
+        lags = range(-300, 301)
+        a, b = x[1000:-1000], y
+        best = max(lags, key=lambda lag: float(np.dot(a, b[1000 + lag: len(b) - 1000 + lag])))
+        assert best == 0, (codec, level, best)
+        errors.append(float(np.abs(y - x).mean()))
+    assert 1e-5 < errors[0] < errors[1], (codec, errors)
+
+
+def test_codec_copies_of_train_windows_only_at_the_same_positions(tmp_path: Path) -> None:
+    cfg, keys, out = small_setup(tmp_path, speech_clips(3, 2, seconds=4.0),
+                                 extra="audio: {codec_copies: [mp3, opus]}")
+    assert run_prepare_audio(cfg).processed == len(keys)
+    rows = manifest(out)
+    train, test = rows[rows["split"] == "train"], rows[rows["split"] == "test"]
+    assert (test["copies"] == "").all() and not list((out / "test").glob("*.*.png"))
+    for path, copies in zip(train["path"], train["copies"]):
+        stem = path[: -len(".png")]
+        assert copies.split(";") == [f"{stem}.mp3.png", f"{stem}.opus.png"]
+    # Each copy is its own window heard through the codec: close to it, farther from the next window.
+    first = train[train["Id"] == "tr00"]
+    own = read_image(first["path"].iloc[0]).pixels.astype(float)
+    other = read_image(first["path"].iloc[1]).pixels.astype(float)
+    for copy in first["copies"].iloc[0].split(";"):
+        pixels = read_image(copy).pixels.astype(float)
+        assert 0 < np.abs(pixels - own).mean() < np.abs(pixels - other).mean(), copy
+    # The levels come from (seed, Id, codec): the same for every run, different between clips.
+    assert codec_plan(cfg, "train", "tr00") == codec_plan(cfg, "train", "tr00") != codec_plan(cfg, "train", "tr01")
+    assert codec_plan(cfg, "test", "te00") == ()
+    # A lost copy is a lost output: only that clip is redone, and the copy is back.
+    lost = Path(first["copies"].iloc[1].split(";")[1])
+    lost.unlink()
+    assert run_prepare_audio(cfg).processed == 1 and lost.is_file()
+    # The levels matter only with copies: without them the hash ignores codec_level.
+    before = settings_hash(cfg)
+    cfg.audio.codec_level = [0.1, 0.2]
+    assert settings_hash(cfg) != before
+    cfg.audio.codec_copies = []
+    plain = settings_hash(cfg)
+    cfg.audio.codec_level = [0.3, 0.4]
+    assert settings_hash(cfg) == plain
+
+
 def test_audio_header_names_every_unreadable_file(tmp_path: Path) -> None:
     files = write_corpus(tmp_path / "corpus")
     for name, (status, note) in CASES.items():
@@ -409,15 +465,17 @@ def test_outputs_are_byte_identical_across_runs_and_worker_counts(tmp_path: Path
     outs = {}
     for workers in (0, 2):
         out = tmp_path / f"audio{workers}"
-        run_prepare_audio(load_config(write_cfg(tmp_path, tmp_path / "data", out, f"audio: {{workers: {workers}}}")))
+        extra = f"audio: {{workers: {workers}, codec_copies: [mp3, opus]}}"
+        run_prepare_audio(load_config(write_cfg(tmp_path, tmp_path / "data", out, extra)))
         outs[workers] = out
     first = png_digests(outs[0])
     assert len(first) >= 9 and first == png_digests(outs[2])
-    cfg0 = load_config(write_cfg(tmp_path, tmp_path / "data", outs[0]))
+    assert sum(".mp3." in name for name in first) >= 5  # the codec copies too
+    cfg0 = load_config(write_cfg(tmp_path, tmp_path / "data", outs[0], "audio: {codec_copies: [mp3, opus]}"))
     assert run_prepare_audio(cfg0, force=True).processed == len(clips)
     assert png_digests(outs[0]) == first
     a, b = manifest(outs[0]), manifest(outs[2])
-    assert a.drop(columns="path").equals(b.drop(columns="path"))
+    assert a.drop(columns=["path", "copies"]).equals(b.drop(columns=["path", "copies"]))  # paths name the folder
 
 
 def test_resume_after_sigkill_keeps_finished_clips(tmp_path: Path) -> None:

@@ -57,11 +57,17 @@ def config(base: Path, name: str) -> Path:
     return path
 
 
-def test_windows_train_and_predict_one_value_per_clip(prepared: Path) -> None:
-    cfg = config(prepared, "whole")
-    proc = run_cli(["train.py", "--config", str(cfg), "--stage", "all"])
+@pytest.fixture(scope="module")
+def whole_run(prepared: Path) -> Path:
+    """Every stage of the small config: 2 folds, OOF, threshold, test prediction."""
+    proc = run_cli(["train.py", "--config", str(config(prepared, "whole")), "--stage", "all"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run = prepared / "runs" / "whole"
+    return prepared / "runs" / "whole"
+
+
+def test_windows_train_and_predict_one_value_per_clip(prepared: Path, whole_run: Path) -> None:
+    cfg = prepared / "whole.yaml"
+    run = whole_run
     labels = pd.read_csv(prepared / "data" / "train_solution.csv", dtype={"Id": str})
     faces = load_faces(load_config(cfg))
     assert faces["Id"].duplicated().any()  # several windows per clip went in
@@ -125,3 +131,50 @@ def test_a_killed_fine_tune_resumes_to_the_same_weights(prepared: Path) -> None:
     done = [json.loads((prepared / "runs" / n / "fold0" / "done.json").read_text()) for n in ("straight", "killed")]
     assert done[0]["best_epoch"] == done[1]["best_epoch"]
     shutil.rmtree(prepared / "runs" / "killed")
+
+
+def test_codec_copies_are_read_by_training_and_never_by_validation(prepared: Path, monkeypatch: pytest.MonkeyPatch
+                                                                   ) -> None:
+    # Stage 1 with codec copies of the train clips, then fold 0 trained in this process (run.workers
+    # 0) with aug.codec 1: every training read of a window with copies must be a copy, and no copy
+    # of a validation clip (nor any test clip) may ever be read.
+    from deepfake_pipeline import dataset
+    from deepfake_pipeline.stages import run_stages
+
+    path = config(prepared, "codec")
+    path.write_text(path.read_text().replace(str(prepared / "windows"), str(prepared / "windows_codec")))
+    cfg = load_config(path, ["audio.codec_copies=[mp3,opus]", "finetune.aug.codec=1.0", "finetune.epochs=1",
+                             "finetune.run_folds=[0]"])
+    proc = run_cli(["prepare_audio.py", "--config", str(path), "--set", "audio.codec_copies=[mp3,opus]"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    faces = load_faces(cfg)
+    assert (faces.loc[faces["split"] == "train", "copies"] != "").all()
+    reads: list[str] = []
+    decode = dataset.decode_face
+    monkeypatch.setattr(dataset, "decode_face", lambda p: (reads.append(p), decode(p))[1])
+    assert run_stages(cfg, "finetune") == 0
+    folds = pd.read_csv(prepared / "runs" / "codec" / "folds.csv", dtype={"Id": str})
+    val_ids = set(folds.loc[folds["fold"] == 0, "Id"])
+    copies = [p for p in reads if p.endswith((".mp3.png", ".opus.png"))]
+    originals = [p for p in reads if p not in copies]
+    train_windows = faces[(faces["split"] == "train") & ~faces["Id"].isin(val_ids)]
+    val_windows = faces[(faces["split"] == "train") & faces["Id"].isin(val_ids)]
+    assert copies and not {Path(p).name.split("_w")[0] for p in copies} & val_ids
+    assert set(originals) == set(val_windows["path"])  # validation read the windows themselves, only they
+    assert not set(train_windows["path"]) & set(originals)
+
+
+def test_codec_benchmark_out_of_fold_reproduces_the_runs_oof(prepared: Path, whole_run: Path, tmp_path: Path) -> None:
+    # benchmarks/audio_codecs.py --oof judges each train clip with the fold model that validated on it.
+    # On the clips as they are, that must be the run's own oof.csv figure (a clip judged by the wrong
+    # fold's model, or without its calibration, would change it); the MP3 row must be a real re-encode.
+    from sklearn.metrics import roc_auc_score
+
+    proc = run_cli(["benchmarks/audio_codecs.py", str(prepared / "data"), "--runs", str(whole_run), "--oof",
+                    "--codecs", "mp3", "--scratch", str(tmp_path), "--threads", "1"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    oof_part = proc.stdout.split("Out of fold:")[1]
+    rows = {line.split("|")[2].strip(): line.split("|") for line in oof_part.splitlines() if line.startswith("| whole")}
+    oof = pd.read_csv(whole_run / "oof.csv", dtype={"Id": str})
+    assert float(rows["flac (as is)"][4].split()[0]) == pytest.approx(roc_auc_score(oof["target"], oof["prob"]), abs=6e-4)
+    assert 5 < float(rows["mp3"][3]) < 128 and len(list((tmp_path / "train-mp3").iterdir())) == len(oof)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from deepfake_pipeline.config import DataConfig
-from deepfake_pipeline.dataset import FaceDataset, load_layout, make_folds, read_pseudo_labels
+from deepfake_pipeline.dataset import CodecCopyPick, FaceDataset, load_layout, make_folds, read_pseudo_labels
 from deepfake_pipeline.errors import DataValidationError, ImageReadError
 from deepfake_pipeline.images import save_jpeg
 
@@ -147,3 +147,27 @@ def test_face_dataset_decodes_and_names_bad_files(tmp_path: Path) -> None:
     assert image.shape == (3, 20, 24) and image.dtype.is_floating_point is False and float(target) == 1.0
     with pytest.raises(ImageReadError, match="text_named.jpg"):
         ds[1]
+
+
+def test_codec_copies_are_read_in_training_draws_only(tmp_path: Path) -> None:
+    # Item 0 has two codec copies (values 100 and 200), item 1 none. Training keys (index, epoch)
+    # read a copy with chance p, from (seed, epoch, index) alone; plain keys (validation,
+    # prediction) always read the window itself.
+    for name, value in (("w", 7), ("w.mp3", 100), ("w.opus", 200), ("v", 50)):
+        save_jpeg(tmp_path / f"{name}.jpg", np.full((8, 8, 3), value, np.uint8))
+    paths = [str(tmp_path / "w.jpg"), str(tmp_path / "v.jpg")]
+    copies = [f"{tmp_path / 'w.mp3.jpg'};{tmp_path / 'w.opus.jpg'}", ""]
+
+    def value(ds: FaceDataset, key: int | tuple[int, int]) -> int:
+        return int(ds[key][0].float().mean().round())
+
+    always = FaceDataset(paths, np.array([1, 0]), copies=copies, codec=CodecCopyPick(1.0, seed=3))
+    assert value(always, 0) == 7 and value(always, 1) == 50  # plain keys: never a copy
+    drawn = [value(always, (0, epoch)) for epoch in range(40)]
+    assert set(drawn) == {100, 200}  # p = 1: always a copy, both drawn
+    assert [value(always, (1, epoch)) for epoch in range(5)] == [50] * 5  # no copies: the window
+    half = FaceDataset(paths, np.array([1, 0]), copies=copies, codec=CodecCopyPick(0.5, seed=3))
+    seen = [value(half, (0, epoch)) for epoch in range(200)]
+    assert 0.35 < seen.count(7) / 200 < 0.65 and seen == [value(half, (0, epoch)) for epoch in range(200)]
+    never = FaceDataset(paths, np.array([1, 0]), copies=copies, codec=CodecCopyPick(0.0, seed=3))
+    assert [value(never, (0, epoch)) for epoch in range(20)] == [7] * 20
