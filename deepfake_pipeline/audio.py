@@ -385,6 +385,11 @@ CODECS: dict[str, tuple[str, str]] = {"mp3": ("MP3", "MPEG_LAYER_III"), "opus": 
                                       "vorbis": ("OGG", "VORBIS")}
 
 
+def missing_codecs(names: Sequence[str]) -> list[str]:
+    """The codecs of ``names`` that this libsndfile cannot write (MP3 needs libsndfile >= 1.1)."""
+    return [n for n in names if n not in CODECS or CODECS[n][1] not in sf.available_subtypes(CODECS[n][0])]
+
+
 def codec_roundtrip(x: np.ndarray, rate: int, codec: str, level: float) -> np.ndarray:
     """Mono samples encoded with ``codec`` at compression ``level`` (0..1, higher = fewer bits), in
     memory, and decoded in one call (see :func:`seeks_exactly`): float64, ``len(x)`` samples."""
@@ -609,8 +614,14 @@ def _fill(clip: Clip, source: ClipReader, cfg: AudioConfig, notes: list[str], al
         return
     length = window_samples(cfg)
     sr = cfg.sample_rate
-    # The codec sees the whole speech span (at most audio.max_seconds), as a file would be encoded.
-    coded = {codec: codec_roundtrip(source.read_target(s0, s1), sr, codec, level) for codec, level in copies}
+    # The codec sees the whole speech span (at most audio.max_seconds), as a file would be encoded. An
+    # encoder failure costs the clip its copies, never the clip (it is recorded in the note).
+    coded: dict[str, np.ndarray] = {}
+    for codec, level in copies:
+        try:
+            coded[codec] = codec_roundtrip(source.read_target(s0, s1), sr, codec, level)
+        except (sf.SoundFileError, RuntimeError) as exc:
+            notes.append(f"no {codec} copy: {exc}")
 
     def render(x: np.ndarray) -> bytes:
         return encode_png(window_image(x, cfg))

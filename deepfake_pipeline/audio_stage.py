@@ -39,8 +39,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import soundfile as sf
 
-from .audio import AUDIO_VERSION, DELTA_DB, Clip, render_clip, window_samples
+from .audio import AUDIO_VERSION, DELTA_DB, Clip, missing_codecs, render_clip, window_samples
 from .config import Config, stage_hash, to_dict, to_yaml
 from .dataset import load_layout
 from .errors import ConfigError, DataValidationError, PipelineError
@@ -84,10 +85,15 @@ def settings_hash(cfg: Config) -> str:
 
 
 def check_audio_config(cfg: Config) -> None:
-    """The stage is for speech: ``data.modality`` must say so (the ``audio.*`` values are checked when
-    the config loads, config._check_values)."""
+    """The stage is for speech: ``data.modality`` must say so, and libsndfile must write every codec of
+    ``audio.codec_copies`` (the other ``audio.*`` values are checked when the config loads,
+    config._check_values)."""
     if cfg.data.modality != "audio":
         raise ConfigError(f"data.modality is {cfg.data.modality!r}: prepare_audio.py needs data.modality=audio")
+    missing = missing_codecs(cfg.audio.codec_copies)
+    if missing:
+        raise ConfigError(f"audio.codec_copies: this libsndfile ({sf.__libsndfile_version__}) cannot write "
+                          f"{', '.join(missing)}; install libsndfile >= 1.1 or drop them from the list")
 
 
 # ---------------------------------------------------------------- plan

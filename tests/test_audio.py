@@ -297,6 +297,28 @@ def test_codec_copies_of_train_windows_only_at_the_same_positions(tmp_path: Path
     assert settings_hash(cfg) == plain
 
 
+def test_a_codec_that_cannot_be_written_stops_early_and_a_failing_encode_costs_only_the_copies(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import deepfake_pipeline.audio as audio_module
+
+    cfg, keys, out = small_setup(tmp_path, speech_clips(2, 1), extra="audio: {codec_copies: [mp3]}")
+    monkeypatch.setattr(audio_module.sf, "available_subtypes", lambda fmt=None: {"PCM_16": "16 bit"})
+    with pytest.raises(ConfigError, match="cannot write mp3"):
+        run_prepare_audio(cfg)
+    assert not out.exists()  # before any work
+    monkeypatch.undo()
+
+    def broken(*args: object, **kwargs: object) -> np.ndarray:
+        raise sf.SoundFileError("encoder gave up")
+
+    monkeypatch.setattr(audio_module, "codec_roundtrip", broken)
+    assert run_prepare_audio(cfg).processed == len(keys)
+    rows = manifest(out)
+    train = rows[rows["split"] == "train"]
+    assert (rows["status"] == "window").all() and (train["copies"] == "").all()  # the clips, without copies
+    assert train["note"].str.contains("no mp3 copy: encoder gave up").all()
+
+
 def test_audio_header_names_every_unreadable_file(tmp_path: Path) -> None:
     files = write_corpus(tmp_path / "corpus")
     for name, (status, note) in CASES.items():
