@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +148,32 @@ def baseline_aucs(dataset: Path, folders: dict[str, tuple[Path, float]], labels:
     return aucs
 
 
+def versions(dataset: Path, split: str, codecs: list[str], scratch: Path
+             ) -> tuple[pd.Series, list[Path], dict[str, tuple[Path, float]]]:
+    """The labelled clips of ``split`` and the folders to judge: as they are, then each codec's
+    re-encodes (test: ``scratch/<codec>``, train: ``scratch/train-<codec>``) with their mean kbit/s."""
+    solution = pd.read_csv(dataset / f"{split}_solution.csv", dtype={"Id": str})
+    labels = solution.set_index("Id")["target_feature"].astype(int)
+    clips = sorted(c for c in (dataset / f"{split}_audio").iterdir() if c.stem in labels.index)
+    folders = {"flac (as is)": (dataset / f"{split}_audio", float("nan"))}
+    for codec in codecs:
+        out = scratch / (codec if split == "test" else f"{split}-{codec}")
+        folders[codec] = (out, encode(clips, codec, out))
+    return labels, clips, folders
+
+
+def print_table(runs: list[Path], folders: dict[str, tuple[Path, float]], labels: pd.Series,
+                judge_fn: Callable[[Path, Path, pd.Series], dict[str, float]], auc_name: str) -> None:
+    print(f"| run | codec | kbit/s | {auc_name} | F1 | acc | called fake |")
+    print("|---|---|---|---|---|---|---|")
+    for run in runs:
+        for name, (folder, kbps) in folders.items():
+            r = judge_fn(run, folder, labels)
+            rate = "-" if np.isnan(kbps) else f"{kbps:.0f}"
+            print(f"| {run.name} | {name} | {rate} | {r['auc']:.3f} ± {r['se']:.3f} | {r['f1']:.3f} | "
+                  f"{r['acc']:.3f} | {r['fake_share']:.2f} |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("dataset", type=Path, help="a speech dataset root (test_audio/, test_solution.csv)")
@@ -164,40 +191,16 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging("WARNING")
     torch.set_num_threads(args.threads)
-    solution = pd.read_csv(args.dataset / "test_solution.csv", dtype={"Id": str})
-    labels = solution.set_index("Id")["target_feature"].astype(int)
-    clips = sorted(c for c in (args.dataset / "test_audio").iterdir() if c.stem in labels.index)
-    folders = {"flac (as is)": (args.dataset / "test_audio", float("nan"))}
-    for codec in args.codecs:
-        folders[codec] = (args.scratch / codec, encode(clips, codec, args.scratch / codec))
+    labels, clips, folders = versions(args.dataset, "test", args.codecs, args.scratch)
     print(f"{len(clips)} test clips ({int(labels.sum())} fake)")
     print("| classic baseline (trained on the lossless train clips) | " + " | ".join(
         f"{name}: {auc:.3f}" for name, auc in baseline_aucs(args.dataset, folders, labels).items()) + " |")
-    print("| run | codec | kbit/s | AUC | F1 | acc | called fake |")
-    print("|---|---|---|---|---|---|---|")
-    for run in args.runs:
-        for name, (folder, kbps) in folders.items():
-            r = judge(run, folder, labels)
-            rate = "-" if np.isnan(kbps) else f"{kbps:.0f}"
-            print(f"| {run.name} | {name} | {rate} | {r['auc']:.3f} ± {r['se']:.3f} | {r['f1']:.3f} | "
-                  f"{r['acc']:.3f} | {r['fake_share']:.2f} |", flush=True)
+    print_table(args.runs, folders, labels, judge, "AUC")
     if args.oof and args.runs:
-        train = pd.read_csv(args.dataset / "train_solution.csv", dtype={"Id": str})
-        train_labels = train.set_index("Id")["target_feature"].astype(int)
-        train_clips = sorted(c for c in (args.dataset / "train_audio").iterdir() if c.stem in train_labels.index)
-        train_folders = {"flac (as is)": (args.dataset / "train_audio", float("nan"))}
-        for codec in args.codecs:
-            train_folders[codec] = (args.scratch / f"train-{codec}", encode(train_clips, codec, args.scratch / f"train-{codec}"))
-        print(f"\nOut of fold: {len(train_clips)} train clips ({int(train_labels.sum())} fake), each judged by the "
+        labels, clips, folders = versions(args.dataset, "train", args.codecs, args.scratch)
+        print(f"\nOut of fold: {len(clips)} train clips ({int(labels.sum())} fake), each judged by the "
               "fold model that validated on it")
-        print("| run | codec | kbit/s | OOF AUC | F1 | acc | called fake |")
-        print("|---|---|---|---|---|---|---|")
-        for run in args.runs:
-            for name, (folder, kbps) in train_folders.items():
-                r = judge_oof(run, folder, train_labels)
-                rate = "-" if np.isnan(kbps) else f"{kbps:.0f}"
-                print(f"| {run.name} | {name} | {rate} | {r['auc']:.3f} ± {r['se']:.3f} | {r['f1']:.3f} | "
-                      f"{r['acc']:.3f} | {r['fake_share']:.2f} |", flush=True)
+        print_table(args.runs, folders, labels, judge_oof, "OOF AUC")
     return 0
 
 
