@@ -32,15 +32,17 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from deepfake_pipeline.audio import CODECS as STAGE1_CODECS  # noqa: E402
+
 # name -> (file suffix, soundfile format, subtype, compression level 0..1: higher = smaller file).
 # The levels give the bit rates of compressed voice uploads for 16 kHz mono speech (libsndfile 1.2):
 # MP3 about 41 kbit/s, Opus about 20 (a voice message), Vorbis about 38. MP3 at 0.8 (29 kbit/s) writes
 # frames that libmpg123 cannot decode whole ("part2_3_length too large"): that would measure decoder
 # damage, not the codec.
+# Format and subtype come from stage 1's codec copies (deepfake_pipeline.audio.CODECS).
 CODECS: dict[str, tuple[str, str, str, float]] = {
-    "mp3": (".mp3", "MP3", "MPEG_LAYER_III", 0.5),
-    "opus": (".ogg", "OGG", "OPUS", 0.95),
-    "vorbis": (".ogg", "OGG", "VORBIS", 0.8),
+    name: (suffix, *STAGE1_CODECS[name], level)
+    for name, suffix, level in (("mp3", ".mp3", 0.5), ("opus", ".ogg", 0.95), ("vorbis", ".ogg", 0.8))
 }
 
 

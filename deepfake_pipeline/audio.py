@@ -616,10 +616,11 @@ def _fill(clip: Clip, source: ClipReader, cfg: AudioConfig, notes: list[str], al
     sr = cfg.sample_rate
     # The codec sees the whole speech span (at most audio.max_seconds), as a file would be encoded. An
     # encoder failure costs the clip its copies, never the clip (it is recorded in the note).
+    whole = source.read_target(s0, s1) if copies or speech < length else None
     coded: dict[str, np.ndarray] = {}
     for codec, level in copies:
         try:
-            coded[codec] = codec_roundtrip(source.read_target(s0, s1), sr, codec, level)
+            coded[codec] = codec_roundtrip(whole, sr, codec, level)
         except (sf.SoundFileError, RuntimeError) as exc:
             notes.append(f"no {codec} copy: {exc}")
 
@@ -627,7 +628,7 @@ def _fill(clip: Clip, source: ClipReader, cfg: AudioConfig, notes: list[str], al
         return encode_png(window_image(x, cfg))
 
     if speech < length:
-        x = tile(source.read_target(s0, s1), length)
+        x = tile(whole, length)
         notes.append(f"tiled: {speech / sr:.2f} s of speech repeated to fill a {length / sr:.2f} s window")
         clip.windows.append(ClipWindow(0, round(s0 / sr, 4), round(s1 / sr, 4), render(x),
                                        {c: render(tile(y, length)) for c, y in coded.items()}))
