@@ -87,7 +87,8 @@ def judge(run: Path, folder: Path, labels: pd.Series) -> dict[str, float]:
 def judge_oof(run: Path, folder: Path, labels: pd.Series) -> dict[str, float]:
     """Out of fold: every labelled clip of ``folder`` (re-encoded train clips, by stem) judged only by
     the fold model that validated on it, with that fold's calibration, pooled and scored at the
-    run's OOF threshold. On the clips as they are it reproduces the run's ``oof.csv``."""
+    run's OOF threshold. On the clips as they are it reproduces ``prob_insample`` of the run's ``oof.csv`` (the
+    fold's own calibration; ``prob`` there is cross-fitted)."""
     import tempfile
 
     from deepfake_pipeline.artifacts import RunPaths, per_id

@@ -23,7 +23,15 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .artifacts import RunPaths, faces_fingerprint, fold_rows, load_faces, per_id
+from .artifacts import (
+    RunPaths,
+    faces_fingerprint,
+    fold_rows,
+    load_faces,
+    per_id,
+    recorded_stage1_hashes,
+    stage1_hash,
+)
 from .augment import InputFit, augment_for, input_fit, train_jpeg
 from .checkpoint import load_weights, read_done, save_weights, write_done
 from .config import Config, stage_hash
@@ -46,10 +54,12 @@ log = logging.getLogger(__name__)
 
 def folds_hash(cfg: Config, labels: pd.DataFrame, pseudo: pd.DataFrame | None,
                originals: pd.DataFrame | None = None) -> str:
+    """What the folds depend on: their number, the seed, the labels and each row's group (the values,
+    not only the column's name), the pseudo labels and the folds diamonds were mined with."""
     return stage_hash(
         cfg, [], extra={
             "folds": cfg.finetune.folds, "seed": cfg.run.seed, "group": cfg.finetune.group_column,
-            "labels": labels[["Id", "target"]].to_csv(index=False),
+            "labels": labels[[c for c in ("Id", "target", "group") if c in labels.columns]].to_csv(index=False),
             "pseudo": None if pseudo is None else pseudo.to_csv(index=False),
             "mined_folds": None if originals is None else originals.to_csv(index=False),
         },
@@ -123,7 +133,28 @@ def prepare_folds(cfg: Config, paths: RunPaths, runtime: Runtime, force: bool) -
             atomic_write_text(hash_path, h + "\n")
         runtime.barrier()
     assert not ((folds["is_pseudo"] == 1) & (folds["fold"] >= 0)).any(), "pseudo rows must never validate"
+    check_groups(folds, labels, str(path))
     return folds
+
+
+def check_groups(folds: pd.DataFrame, labels: pd.DataFrame, source: str) -> None:
+    """PipelineError when a group (``finetune.group_column``: a video, a speaker) has labelled rows in
+    two folds: its rows would train a fold that validates on its other rows. Inherited folds (per-fold
+    diamonds mined by a round that grouped otherwise, or not at all) are checked like new ones."""
+    if "group" not in labels.columns:
+        return
+    labelled = folds[folds["is_pseudo"] == 0][["Id", "fold"]]
+    table = labelled.merge(labels[["Id", "group"]], on="Id", how="left")
+    spread = table.groupby("group")["fold"].nunique()
+    crossing = spread[spread > 1]
+    if len(crossing):
+        group = crossing.index[0]
+        where = sorted(table.loc[table["group"] == group, "fold"].unique().tolist())
+        raise PipelineError(
+            f"{source}: {len(crossing)} group(s) of finetune.group_column have rows in several folds (e.g. "
+            f"{group!r} in folds {where}): those folds would validate on rows their own training saw. Folds "
+            "inherited from a round-1 diamonds file keep round 1's grouping: mine it from a run with the same "
+            "group_column, or rebuild the folds (--force) without data.pseudo_labels")
 
 
 # ----------------------------------------------------------------------------- one fold
@@ -266,7 +297,9 @@ def train_fold(
     if runtime.is_main:
         if summary["best_epoch"] is None:
             raise PipelineError(f"fold {k}: no epoch gave a finite {cfg.finetune.select_metric}; nothing to keep")
-        write_done(out, h, **summary, select_metric=cfg.finetune.select_metric)
+        # What the model learned from, for prediction to check its test images against (trained.py).
+        stage1 = sorted(recorded_stage1_hashes(faces[faces["split"] == "train"])) or [stage1_hash(cfg)]
+        write_done(out, h, **summary, select_metric=cfg.finetune.select_metric, stage1_hashes=stage1)
         calibration, _ = calibrate_fold(cfg, paths, runtime, k)
         log.info("fold %d (of %d): done, best %s %.4f at epoch %d of %d; calibration %.3f * logit %+.3f", k,
                  cfg.finetune.folds, cfg.finetune.select_metric, summary["best_value"], summary["best_epoch"] + 1,
@@ -292,7 +325,10 @@ def run_finetune(cfg: Config, runtime: Runtime, paths: RunPaths, force: bool = F
         return
     if runtime.is_main:
         record = pool_oof(cfg, paths, runtime)
-        log.info("finetune: OOF AUC %.4f, F1 %.4f at threshold %.4f (%.1f%% called fake) -> %s",
-                 record["oof_auc"] or float("nan"), record["oof_f1"], record["threshold"],
-                 100 * record["oof_fake_share"], paths.threshold_json)
+        insample = record.get("insample") or {}
+        log.info("finetune: OOF (cross-fitted calibration) AUC %.4f, F1 %.4f at threshold %.4f (%.4f with each "
+                 "fold's threshold chosen on the others; %.1f%% called fake); in-sample calibration: AUC %.4f, "
+                 "F1 %.4f -> %s", record["oof_auc"] or float("nan"), record["oof_f1"], record["threshold"],
+                 record["oof_f1_heldout"], 100 * record["oof_fake_share"],
+                 insample.get("oof_auc") or float("nan"), insample.get("oof_f1", float("nan")), paths.threshold_json)
     runtime.barrier()

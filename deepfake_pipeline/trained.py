@@ -8,11 +8,18 @@ Calibration. A fold model's raw logits say little about probabilities: label smo
 (0.1 trains towards 0.95/0.05), EMA and the length of training change their scale, and every fold
 has its own. So each fold model gets a Platt scaling, ``a * logit + b``, fitted on that fold's own
 validation faces, predicted exactly as test faces are (the ``predict.tta`` views, the input fit).
-The out-of-fold predictions are then what prediction computes for an image its model never saw,
-in calibrated log-odds on one scale for every fold; the fold ensemble averages those log-odds. The
-OOF threshold, ``test_probs.csv`` and the diamonds thresholds are all in these terms, and whenever
-``predict.tta`` changes the calibrations are refitted (a pass over the validation faces, no
-retraining).
+The fold ensemble averages the calibrated log-odds; ``test_probs.csv`` and the diamonds
+thresholds are in these terms, and whenever ``predict.tta`` changes the calibrations are refitted
+(a pass over the validation faces, no retraining).
+
+Honest out-of-fold figures. A calibration fitted on the very faces it then scores flatters them (it
+has seen their labels), so the out-of-fold probabilities are *cross-fitted*: each validation face
+is calibrated by a Platt fit on the other parts of its fold (``CROSSFIT_SPLITS`` parts, whole groups
+where the folds have groups), never on itself. ``oof.csv``, the OOF AUC/F1/log-loss and the
+threshold all come from these; the in-sample figures are kept beside them (``prob_insample``,
+``threshold.json`` ``insample``) so older runs can be read. A fold whose logits rank its validation
+faces worse than chance (Platt slope <= 0) is never flipped: it votes its validation base rate,
+a constant, and the log says so.
 """
 
 from __future__ import annotations
@@ -27,16 +34,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .artifacts import RunPaths, fold_rows, load_faces, per_id
+from .artifacts import RunPaths, fold_rows, load_faces, per_id, stage1_hash, stage1_mismatch, stage1_out
 from .augment import input_fit, parse_tta
 from .checkpoint import load_weights, read_done
 from .config import Config, load_config
 from .dataset import FaceDataset
 from .engine import make_loader, predict_logits
-from .errors import CheckpointError, PipelineError
+from .errors import CheckpointError, PipelineError, StaleOutputError
 from .faults import failpoint
 from .images import atomic_write_text, save_csv
-from .metrics import best_f1_threshold, binary_metrics
+from .metrics import best_f1_threshold, binary_metrics, label_metrics
 from .model import build_classifier
 from .runtime import Runtime, amp_policy, pick_device
 
@@ -47,6 +54,10 @@ CALIBRATION_NAME = "calibration.json"
 # Platt scaling's L2 penalty (sklearn's C): keeps the slope finite when a fold separates its
 # validation faces perfectly.
 PLATT_C = 1.0
+CROSSFIT_SPLITS = 5  # parts of a fold's validation faces for the cross-fitted OOF calibration
+# Version of how calibrations and the OOF predictions are made: part of every calibration's key, so
+# a run calibrated by an older rule is refitted (a pass over the validation faces), never reused.
+CALIBRATION_VERSION = 2  # 2: slopes <= 0 give the base rate; cross-fitted OOF
 MAX_FITS = 8  # calibrations kept per fold (one per set of TTA views asked for)
 
 
@@ -121,6 +132,28 @@ def load_fold_model(cfg: Config, paths: RunPaths, k: int, runtime: Runtime) -> t
     return model
 
 
+def trained_stage1_hashes(cfg: Config, paths: RunPaths, folds: list[int]) -> set[str]:
+    """The stage-1 settings hashes of the images the fold models were trained on (their
+    ``done.json``); this config's stage-1 hash for folds that predate the record."""
+    found: set[str] = set()
+    for k in folds:
+        found.update((read_done(paths.fold(k)) or {}).get("stage1_hashes") or [])
+    return found or {stage1_hash(cfg)}
+
+
+def check_test_stage1(cfg: Config, paths: RunPaths, folds: list[int], rows: pd.DataFrame, what: str) -> None:
+    """StaleOutputError when test images in ``rows`` were made with other stage-1 settings than the
+    images the fold models learned from: the models would judge inputs unlike their training data."""
+    stale = stage1_mismatch(rows, trained_stage1_hashes(cfg, paths, folds))
+    if stale.any():
+        ids = rows.loc[stale, "Id"].drop_duplicates()
+        cli = "prepare_audio.py" if cfg.data.modality == "audio" else "align_faces.py"
+        raise StaleOutputError(
+            f"{what}: {len(ids)} test input(s) in {stage1_out(cfg) / 'faces.csv'} (e.g. {ids.iloc[0]!r}) were made "
+            f"with other stage-1 settings than the images the fold models were trained on; rerun {cli} with the "
+            "run's config (it redoes them), or predict with safe_inference.py (it redoes them on the fly)")
+
+
 def fold_logits(cfg: Config, model: torch.nn.Module, runtime: Runtime, image_paths: list[str],
                 tta: list[str] | None = None, batch_size: int | None = None, desc: str = "predict") -> np.ndarray:
     """Raw logits of one fold model, mean over the TTA views, for aligned face files (float64)."""
@@ -136,7 +169,8 @@ def fold_logits(cfg: Config, model: torch.nn.Module, runtime: Runtime, image_pat
 
 @dataclass(frozen=True)
 class Calibration:
-    """Platt scaling of one fold model: calibrated log-odds = ``a * logit + b``."""
+    """Platt scaling of one fold model: calibrated log-odds = ``a * logit + b``. ``a == 0``: the
+    model carries no information on its validation faces and says their base rate whatever it sees."""
 
     a: float = 1.0
     b: float = 0.0
@@ -144,23 +178,68 @@ class Calibration:
     def __call__(self, logits: np.ndarray) -> np.ndarray:
         return self.a * np.asarray(logits, dtype=np.float64) + self.b
 
+    @property
+    def flat(self) -> bool:
+        return self.a == 0.0
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return float(np.log(p / (1 - p)))
+
 
 def fit_platt(logits: np.ndarray, targets: np.ndarray) -> Calibration:
-    """Logistic regression of the targets on the logits (L2 ``PLATT_C``); identity for a single class."""
+    """Logistic regression of the targets on the logits (L2 ``PLATT_C``); identity for a single class.
+
+    A slope <= 0 means the logits rank these faces no better than chance (or worse): a fitted
+    negative slope would flip the model's vote, so the fit is constrained to ``a >= 0``, whose
+    answer is then ``a = 0`` and the base rate's log-odds (:attr:`Calibration.flat`)."""
     from sklearn.linear_model import LogisticRegression
 
     y = np.asarray(targets).astype(int)
     if y.min() == y.max():
         return Calibration()
     fit = LogisticRegression(C=PLATT_C, max_iter=1000).fit(np.asarray(logits, np.float64).reshape(-1, 1), y)
-    return Calibration(float(fit.coef_[0, 0]), float(fit.intercept_[0]))
+    a = float(fit.coef_[0, 0])
+    if a <= 0.0:
+        return Calibration(0.0, _logit(float(y.mean())))
+    return Calibration(a, float(fit.intercept_[0]))
+
+
+def crossfit_logodds(logits: np.ndarray, targets: np.ndarray, groups: np.ndarray | None = None,
+                     splits: int = CROSSFIT_SPLITS, seed: int = 0) -> np.ndarray:
+    """Calibrated log-odds of each item from a Platt fit on the *other* items only.
+
+    The items are cut into ``splits`` parts (stratified by class; whole groups together when
+    ``groups`` is given, so a video's or speaker's items never calibrate each other); each part is
+    calibrated by :func:`fit_platt` on the rest. With fewer items of a class than parts, the parts
+    are as many as that class has items (at least 2; one item alone: the identity)."""
+    from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
+
+    x = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(targets).astype(int)
+    out = np.empty_like(x)
+    n_min = int(min(np.sum(y == 0), np.sum(y == 1)))
+    if len(x) < 2:
+        return x.copy()
+    if groups is not None and len(set(groups)) >= 2:
+        n_groups = len(set(groups))
+        k = max(2, min(splits, n_groups, n_min if n_min >= 2 else n_groups))
+        parts = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(x, y, groups)
+    elif n_min >= 2:
+        parts = StratifiedKFold(n_splits=min(splits, n_min), shuffle=True, random_state=seed).split(x, y)
+    else:
+        parts = KFold(n_splits=min(splits, len(x)), shuffle=True, random_state=seed).split(x)
+    for fit_idx, apply_idx in parts:
+        out[apply_idx] = fit_platt(x[fit_idx], y[fit_idx])(x[apply_idx])
+    return out
 
 
 def _calibration_key(cfg: Config, paths: RunPaths, k: int) -> dict[str, object]:
     """What a fold's calibration depends on: its finished weights and how prediction sees a face."""
     done = read_done(paths.fold(k)) or {}
     return {"fold_hash": done.get("hash"), "tta": list(cfg.predict.tta), "fit": cfg.model.fit,
-            "img_size": cfg.model.img_size}
+            "img_size": cfg.model.img_size, "version": CALIBRATION_VERSION}
 
 
 def _calibration_record(paths: RunPaths, k: int) -> dict:
@@ -186,7 +265,8 @@ def calibrate_fold(cfg: Config, paths: RunPaths, runtime: Runtime, k: int, model
                    write_preds: bool = True) -> tuple[Calibration, pd.DataFrame]:
     """Predict fold ``k``'s validation faces as prediction would (``predict.tta``), fit its calibration and
     record it in ``fold<k>/calibration.json``; with ``write_preds`` also write ``val_preds.csv`` (Id,
-    fold, target, logit, prob = calibrated): the fold's share of the out-of-fold predictions."""
+    fold, target, logit, prob = cross-fitted calibrated probability, prob_insample = with the fold's
+    own calibration): the fold's share of the out-of-fold predictions."""
     folds = pd.read_csv(paths.folds_csv, dtype={"Id": str})
     _, val_rows = fold_rows(folds, load_faces(cfg), k)
     if len(val_rows) == 0:
@@ -195,16 +275,24 @@ def calibrate_fold(cfg: Config, paths: RunPaths, runtime: Runtime, k: int, model
         model = load_fold_model(cfg, paths, k, runtime)
     ids, logits = per_id(val_rows["Id"], fold_logits(cfg, model, runtime, list(val_rows["path"]),
                                                      desc=f"OOF fold {k}"))
-    targets = val_rows.drop_duplicates("Id").set_index("Id").loc[ids, "target"].to_numpy().astype(int)
+    by_id = val_rows.drop_duplicates("Id").set_index("Id").loc[ids]
+    targets = by_id["target"].to_numpy().astype(int)
+    groups = by_id["group"].astype(str).to_numpy() if "group" in by_id.columns else None
     calibration = fit_platt(logits, targets)
+    if calibration.flat:
+        log.warning("fold %d: its logits rank its validation %s no better than chance (Platt slope <= 0): it "
+                    "votes their base rate %.3f, a constant, never its flipped logit", k, _items(cfg),
+                    float(targets.mean()))
     preds = pd.DataFrame({"Id": ids, "fold": k, "target": targets, "logit": logits,
-                          "prob": sigmoid(calibration(logits))})
+                          "prob": sigmoid(crossfit_logodds(logits, targets, groups, seed=cfg.run.seed + k)),
+                          "prob_insample": sigmoid(calibration(logits))})
     key = _calibration_key(cfg, paths, k)
     record = _calibration_record(paths, k)
     fits = [f for f in record.get("fits", []) if f.get("key") != key][-(MAX_FITS - 1):]
-    fits.append({"key": key, "a": calibration.a, "b": calibration.b, "n": int(len(preds))})
-    record.update(fits=fits, method="Platt scaling on this fold's validation faces, predicted with the TTA "
-                                    "views of its key")
+    fits.append({"key": key, "a": calibration.a, "b": calibration.b, "n": int(len(preds)), "flat": calibration.flat})
+    record.update(fits=fits, method="Platt scaling on this fold's validation items, predicted with the TTA views "
+                                    "of its key (slope >= 0); val_preds.csv prob: cross-fitted in "
+                                    f"{CROSSFIT_SPLITS} parts of them, prob_insample: this fit")
     if write_preds:
         save_csv(paths.fold(k) / "val_preds.csv", preds)
         record["val_preds_key"] = key
@@ -236,6 +324,10 @@ def fold_calibration(cfg: Config, paths: RunPaths, runtime: Runtime, k: int) -> 
     return calibrate_fold(cfg, paths, runtime, k, write_preds=False)[0]
 
 
+def _items(cfg: Config) -> str:
+    return "clips" if cfg.data.modality == "audio" else "faces"
+
+
 def _val_preds_current(cfg: Config, paths: RunPaths, k: int) -> bool:
     record = _calibration_record(paths, k)
     return (record.get("val_preds_key") == _calibration_key(cfg, paths, k)
@@ -246,8 +338,9 @@ def _val_preds_current(cfg: Config, paths: RunPaths, k: int) -> bool:
 
 
 def pool_oof(cfg: Config, paths: RunPaths, runtime: Runtime) -> dict[str, object]:
-    """``oof.csv`` from every fold's calibrated validation predictions and ``threshold.json``: the
-    threshold maximising F1 on them. Folds whose calibration is stale are refitted first."""
+    """``oof.csv`` from every fold's validation predictions and ``threshold.json``: the threshold
+    maximising F1 on the pooled cross-fitted probabilities. Folds whose calibration is stale are
+    refitted first."""
     parts = []
     for k in range(cfg.finetune.folds):
         if _val_preds_current(cfg, paths, k):
@@ -255,23 +348,50 @@ def pool_oof(cfg: Config, paths: RunPaths, runtime: Runtime) -> dict[str, object
         else:
             log.info("fold %d: out-of-fold predictions with TTA %s", k, ",".join(cfg.predict.tta))
             parts.append(calibrate_fold(cfg, paths, runtime, k)[1])
-    oof = pd.concat(parts, ignore_index=True)[["Id", "fold", "target", "logit", "prob"]]
+    oof = pd.concat(parts, ignore_index=True)[OOF_COLUMNS]
     if oof["Id"].duplicated().any():
         raise PipelineError("oof: an Id appears in two validation folds")
     save_csv(paths.oof_csv, oof)
-    y, p = oof["target"].to_numpy(), oof["prob"].to_numpy()
+    record = {**oof_figures(oof), "folds": cfg.finetune.folds, "tta": list(cfg.predict.tta),
+              "crossfit_splits": CROSSFIT_SPLITS}
+    atomic_write_text(paths.threshold_json, json.dumps(record, indent=2))
+    return record
+
+
+OOF_COLUMNS = ["Id", "fold", "target", "logit", "prob", "prob_insample"]
+
+
+def oof_figures(oof: pd.DataFrame) -> dict[str, object]:
+    """The threshold and the out-of-fold figures of ``oof.csv``'s rows (``prob``: cross-fitted).
+
+    ``oof_f1`` is the F1 at the chosen threshold, the best one for these very rows (so still a
+    little optimistic); ``oof_f1_heldout`` labels each fold's rows with the threshold chosen on the
+    other folds only. ``insample`` holds the figures as the calibration fitted on the same rows
+    gives them (``prob_insample``, the rule before cross-fitting): for reading older runs."""
+    y, p = oof["target"].to_numpy().astype(int), oof["prob"].to_numpy()
     threshold, f1 = best_f1_threshold(y, p)
     metrics = binary_metrics(y, p, threshold=threshold)
     raw = binary_metrics(y, sigmoid(oof["logit"].to_numpy()))
-    record = {
-        "threshold": float(threshold), "oof_f1": float(f1), "oof_auc": _num(metrics["auc"]),
-        "oof_logloss": _num(metrics["logloss"]), "oof_acc": _num(metrics["acc"]),
+    called = np.zeros(len(oof), dtype=int)
+    for k in oof["fold"].unique():
+        mine = (oof["fold"] == k).to_numpy()
+        rest_t = best_f1_threshold(y[~mine], p[~mine])[0] if (~mine).any() else threshold
+        called[mine] = p[mine] >= rest_t
+    record: dict[str, object] = {
+        "threshold": float(threshold), "oof_f1": float(f1), "oof_f1_heldout": float(label_metrics(y, called)["f1"]),
+        "oof_auc": _num(metrics["auc"]), "oof_logloss": _num(metrics["logloss"]), "oof_acc": _num(metrics["acc"]),
         "oof_auc_uncalibrated": _num(raw["auc"]), "oof_fake_share": float(np.mean(p >= threshold)),
-        "n": int(len(oof)), "folds": cfg.finetune.folds, "tta": list(cfg.predict.tta),
-        "method": "threshold maximising F1 on pooled out-of-fold calibrated probabilities (each fold's "
-                  "validation faces predicted with the predict.tta views; prob >= threshold -> fake)",
+        "n": int(len(oof)),
+        "method": "threshold maximising F1 on pooled out-of-fold probabilities (each fold's validation items "
+                  "predicted with the predict.tta views, calibrated by Platt fits on the other parts of their "
+                  "fold: cross-fitted); prob >= threshold -> fake",
     }
-    atomic_write_text(paths.threshold_json, json.dumps(record, indent=2))
+    if "prob_insample" in oof.columns:
+        q = oof["prob_insample"].to_numpy()
+        t_in, f1_in = best_f1_threshold(y, q)
+        m_in = binary_metrics(y, q, threshold=t_in)
+        record["insample"] = {"threshold": float(t_in), "oof_f1": float(f1_in), "oof_auc": _num(m_in["auc"]),
+                              "oof_logloss": _num(m_in["logloss"]), "oof_acc": _num(m_in["acc"])}
     return record
 
 

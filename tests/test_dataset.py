@@ -171,3 +171,56 @@ def test_codec_copies_are_read_in_training_draws_only(tmp_path: Path) -> None:
     assert 0.35 < seen.count(7) / 200 < 0.65 and seen == [value(half, (0, epoch)) for epoch in range(200)]
     never = FaceDataset(paths, np.array([1, 0]), copies=copies, codec=CodecCopyPick(0.0, seed=3))
     assert [value(never, (0, epoch)) for epoch in range(20)] == [7] * 20
+
+
+# ----------------------------------------------------------------------------- folds with groups, round 2
+
+
+def _grouped_layout(root: Path) -> Path:
+    """12 train images in 6 videos (a real and a fake frame each), 4 test images."""
+    csv = "Id,target_feature,video\n" + "".join(f"tr{i},{i % 2},v{i // 2}\n" for i in range(12))
+    return make_layout(root, n_train=12, n_test=4, csv=csv)
+
+
+def _prepare(tmp_path: Path, root: Path, *sets: str) -> pd.DataFrame:
+    import torch
+
+    from deepfake_pipeline.artifacts import RunPaths
+    from deepfake_pipeline.config import load_config
+    from deepfake_pipeline.finetune import prepare_folds
+    from deepfake_pipeline.runtime import Runtime
+
+    cfg = load_config(None, ["run.name=t", f"data.root={root}", f"run.dir={tmp_path / 'run'}", "finetune.folds=3",
+                             *sets])
+    (tmp_path / "run").mkdir(parents=True, exist_ok=True)
+    return prepare_folds(cfg, RunPaths(tmp_path / "run"), Runtime(torch.device("cpu")), force=False)
+
+
+def test_folds_hash_covers_the_group_values(tmp_path: Path) -> None:
+    """Regrouping the same rows (a corrected video column) must not reuse folds made for the old groups."""
+    from deepfake_pipeline.errors import StaleOutputError
+
+    root = _grouped_layout(tmp_path / "data")
+    folds = _prepare(tmp_path, root, "finetune.group_column=video")
+    assert (folds.groupby("group")["fold"].nunique() == 1).all()
+    csv = root / "train_solution.csv"
+    csv.write_text(csv.read_text().replace("v5", "v0"))  # same Ids, labels and column; other groups
+    with pytest.raises(StaleOutputError, match="other labels"):
+        _prepare(tmp_path, root, "finetune.group_column=video")
+
+
+def test_round_two_refuses_inherited_folds_that_split_a_group(tmp_path: Path) -> None:
+    """Per-fold diamonds make round 2 keep round 1's folds. Mined from a round that ignored the videos,
+    those folds put the two frames of a video in two folds: refused, never trained on."""
+    from deepfake_pipeline.errors import PipelineError
+
+    root = _grouped_layout(tmp_path / "data")
+    rows = [f"tr{i},{i % 2},0,,{i % 3},,\n" for i in range(12)]  # round 1's folds: i % 3 splits every video
+    diamonds = tmp_path / "diamonds.csv"
+    diamonds.write_text("Id,target_feature,is_pseudo,prob,fold,source_run,config_hash\n" + "".join(rows)
+                        + "te0,1,1,0.999,0,r1,h\n")
+    with pytest.raises(PipelineError, match="several folds"):
+        _prepare(tmp_path, root, "finetune.group_column=video", f"data.pseudo_labels={diamonds}")
+    # Without a group column there is nothing to keep together: the inherited folds are used.
+    folds = _prepare(tmp_path / "plain", root, f"data.pseudo_labels={diamonds}")
+    assert folds.loc[folds["is_pseudo"] == 0, "fold"].tolist() == [i % 3 for i in range(12)]

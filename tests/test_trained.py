@@ -16,10 +16,12 @@ from deepfake_pipeline.diamonds import select_diamonds
 from deepfake_pipeline.predict import check_fake_share
 from deepfake_pipeline.trained import (
     Calibration,
+    crossfit_logodds,
     ensemble_logits,
     fit_platt,
     inference_runtime,
     load_run_config,
+    oof_figures,
     oof_is_current,
     read_calibration,
     sigmoid,
@@ -55,6 +57,90 @@ def test_platt_scaling_recovers_a_temperature_and_leaves_calibrated_logits_alone
     assert fit_platt(np.array([1.0, 2.0]), np.array([1, 1])) == Calibration()  # one class: identity
 
 
+def test_a_fold_worse_than_chance_is_never_flipped() -> None:
+    """A model whose logits rank the validation faces backwards gets slope 0 (its base rate), not a
+    negative slope that would turn its vote around."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 400)
+    backwards = -(2.0 * y - 1) + rng.normal(0, 1.5, 400)  # high logit for reals
+    calibration = fit_platt(backwards, y)
+    assert calibration.flat and calibration.a == 0.0
+    assert calibration.b == pytest.approx(np.log(y.mean() / (1 - y.mean())), abs=1e-6)
+    assert np.ptp(calibration(backwards)) == 0.0  # one value for every face: no vote either way
+    assert not fit_platt(-backwards, y).flat  # the same faces the right way round keep their slope
+
+
+def test_crossfit_never_calibrates_an_item_with_its_own_label_or_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    from deepfake_pipeline import trained
+
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=60)  # distinct values: each names its item
+    targets = np.r_[np.zeros(30, int), np.ones(30, int)]
+    groups = np.repeat(np.arange(15), 4)
+    seen: list[tuple[set, set]] = []
+    real = trained.fit_platt
+
+    def spy(x: np.ndarray, y: np.ndarray) -> Calibration:
+        fitted = set(np.round(x, 12))
+        calibration = real(x, y)
+
+        class Recorder(Calibration):
+            def __call__(self, values: np.ndarray) -> np.ndarray:
+                seen.append((fitted, set(np.round(values, 12))))
+                return calibration(values)
+
+        return Recorder(calibration.a, calibration.b)
+
+    monkeypatch.setattr(trained, "fit_platt", spy)
+    out = trained.crossfit_logodds(logits, targets, groups)
+    assert len(seen) == 5 and sum(len(applied) for _, applied in seen) == 60  # every item once
+    group_of = dict(zip(np.round(logits, 12), groups))
+    for fitted, applied in seen:
+        assert not fitted & applied
+        assert not {group_of[v] for v in fitted} & {group_of[v] for v in applied}  # whole groups apart
+    seen.clear()
+    plain = trained.crossfit_logodds(logits, targets)  # no groups: stratified parts
+    assert all(not fitted & applied for fitted, applied in seen) and plain.shape == out.shape
+
+
+def test_crossfitted_oof_is_not_flattered_by_its_own_labels() -> None:
+    """Pure-noise logits, stratified folds as make_folds makes them: a calibration fitted on the rows it
+    scores lifts the pooled OOF AUC well above chance (it learns each part's labels); cross-fitted, the
+    AUC stays at chance. 40 runs of 5 folds x 30 items; the means' standard errors are about 0.008."""
+    from deepfake_pipeline.trained import crossfit_logodds, oof_figures
+
+    rng = np.random.default_rng(0)
+    insample, crossfit = [], []
+    for r in range(40):
+        parts = []
+        for k in range(5):
+            x, y = rng.normal(size=30), rng.permutation(np.r_[np.zeros(15, int), np.ones(15, int)])
+            parts.append(pd.DataFrame({"Id": [f"{r}-{k}-{i}" for i in range(30)], "fold": k, "target": y, "logit": x,
+                                       "prob": sigmoid(crossfit_logodds(x, y, seed=k)),
+                                       "prob_insample": sigmoid(fit_platt(x, y)(x))}))
+        figures = oof_figures(pd.concat(parts, ignore_index=True))
+        insample.append(figures["insample"]["oof_auc"])
+        crossfit.append(figures["oof_auc"])
+    assert np.mean(insample) > 0.53  # measured 0.550
+    assert np.mean(crossfit) < 0.52  # measured 0.496
+
+
+def test_heldout_f1_takes_each_folds_threshold_from_the_other_folds() -> None:
+    """Fold 1's scores sit lower than fold 0's: the pooled best threshold fits both only because it saw
+    both; chosen on fold 0 alone it labels fold 1 badly, and oof_f1_heldout says so."""
+    from deepfake_pipeline.trained import oof_figures
+
+    y = np.r_[np.zeros(20, int), np.ones(20, int)]
+    p0 = np.where(y == 1, 0.9, 0.6)  # fold 0: fakes 0.9, reals 0.6
+    p1 = np.where(y == 1, 0.4, 0.1)  # fold 1: fakes 0.4, reals 0.1
+    oof = pd.DataFrame({"Id": [f"i{i}" for i in range(80)], "fold": np.r_[np.zeros(40, int), np.ones(40, int)],
+                        "target": np.r_[y, y], "logit": 0.0, "prob": np.r_[p0, p1]})
+    figures = oof_figures(oof)
+    assert figures["oof_f1"] < 1.0  # no single threshold separates both folds
+    assert figures["oof_f1_heldout"] < figures["oof_f1"]
+    assert "insample" not in figures  # no prob_insample column: nothing to compare
+
+
 def test_the_share_called_fake_is_checked_against_the_calibrated_expectation() -> None:
     assert check_fake_share(0.52, 0.50, 600)
     assert not check_fake_share(0.97, 0.50, 600)  # the recorded failure: almost everything called fake
@@ -77,20 +163,25 @@ def run(tmp_path_factory: pytest.TempPathFactory, demo_root: Path) -> Path:
 
 
 def test_oof_predictions_are_what_prediction_computes(run: Path) -> None:
-    """Each out-of-fold probability equals what the predict stage's code gives that face with its fold's
-    model: the same TTA views, the same calibration. The threshold is fitted on those."""
+    """Each out-of-fold logit is what the predict stage's code gives that face with its fold's model
+    (the same TTA views): with the fold's calibration it is ``prob_insample``; ``prob``, which the
+    threshold is fitted on, calibrates it by the fold's other faces only (cross-fitted)."""
     cfg = load_run_config(run)
     paths = RunPaths(run)
     oof = pd.read_csv(paths.oof_csv, dtype={"Id": str})
     threshold = json.loads(paths.threshold_json.read_text())
     assert threshold["tta"] == ["identity", "hflip"] and threshold["n"] == len(oof)
+    assert threshold == {**threshold, **oof_figures(oof)}  # threshold.json: the figures of oof.csv
     folds = pd.read_csv(paths.folds_csv, dtype={"Id": str})
     faces = load_faces(cfg)
     for k in (0, 1):
         _, val = fold_rows(folds, faces, k)
         predicted = sigmoid(ensemble_logits(cfg, paths, inference_runtime("cpu"), [k], list(val["path"])))
-        recorded = oof[oof["fold"] == k].set_index("Id").loc[val["Id"], "prob"].to_numpy()
-        assert np.allclose(predicted, recorded, atol=1e-6)
+        mine = oof[oof["fold"] == k].set_index("Id").loc[val["Id"]]
+        assert np.allclose(predicted, mine["prob_insample"].to_numpy(), atol=1e-6)
+        crossfit = crossfit_logodds(mine["logit"].to_numpy(), mine["target"].to_numpy(), seed=cfg.run.seed + k)
+        assert np.allclose(sigmoid(crossfit), mine["prob"].to_numpy(), atol=1e-9)
+        assert not np.allclose(mine["prob"], mine["prob_insample"], atol=1e-4)
     # one view alone gives other logits: the OOF are not the one-view validation scores
     one_view = ensemble_logits(cfg, paths, inference_runtime("cpu"), [0], list(fold_rows(folds, faces, 0)[1]["path"]),
                                tta=["identity"])
