@@ -79,6 +79,21 @@ def stage1_hash(cfg: Config) -> str:
     return settings_hash(cfg)
 
 
+def recorded_stage1_hashes(rows: pd.DataFrame) -> set[str]:
+    """The stage-1 settings hashes that manifest rows record (empty for manifests that predate them)."""
+    if "settings_hash" not in rows.columns:
+        return set()
+    return {str(h) for h in rows["settings_hash"] if str(h)}
+
+
+def stage1_mismatch(rows: pd.DataFrame, expected: set[str]) -> pd.Series:
+    """Which manifest rows were made with stage-1 settings outside ``expected`` (none when the rows
+    record no settings hash)."""
+    if "settings_hash" not in rows.columns or not expected:
+        return pd.Series(False, index=rows.index)
+    return ~rows["settings_hash"].astype(str).isin(expected)
+
+
 def save_run_config(cfg: Config, paths: RunPaths) -> None:
     """The resolved config beside the run's outputs, with the hash of each stage's settings."""
     hashes = {

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .artifacts import RunPaths, load_faces, stage1_hash, stage1_out, usable_faces
+from .artifacts import RunPaths, load_faces, stage1_mismatch, stage1_out, usable_faces
 from .augment import InputFit, input_fit, parse_tta
 from .config import Config
 from .dataset import decode_face, input_extensions, list_images, load_layout, read_labels, split_dirs
@@ -37,7 +37,7 @@ from .errors import CheckpointError, DataValidationError, PipelineError
 from .faces import FaceDetector, centre_box, choose, detection_copy, letterbox, look_closer, make_crop
 from .images import read_image, save_csv, save_jpeg
 from .runtime import Runtime, show_progress
-from .submission import validate_submission
+from .submission import call_fake, prior_answer, validate_submission
 from .trained import (
     Calibration,
     finished_folds,
@@ -46,6 +46,7 @@ from .trained import (
     read_threshold,
     saved_calibration,
     sigmoid,
+    trained_stage1_hashes,
 )
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ class OnTheFlyAligner:
     def _get_detector(self) -> FaceDetector | None:
         if self._detector is None and self._detector_error is None:
             try:
-                self._detector = FaceDetector(self.cfg.align.min_face_frac, self.device)
+                self._detector = FaceDetector.for_config(self.cfg.align, self.device)
             except Exception as exc:  # missing package, weights, device trouble: centre crops then
                 self._detector_error = f"detector unavailable ({type(exc).__name__}: {exc})"
                 log.warning("on-the-fly alignment: %s; centre crops instead", self._detector_error)
@@ -283,19 +284,29 @@ class SafePredictor:
             logits[i] = np.nan
         return logits, errors
 
-    def predict(self, images: torch.Tensor) -> tuple[np.ndarray, list[str | None]]:
-        """Mean calibrated logit over the folds (NaN where every fold failed) and a reason per failed image."""
+    def predict(self, images: torch.Tensor) -> tuple[np.ndarray, list[str | None], list[str | None]]:
+        """Mean calibrated logit over the folds (NaN where every fold failed), a reason per failed image,
+        and a note per image that only some folds could judge (which ones answered, why the others not)."""
         per_fold = []
-        reasons: list[str | None] = [None] * images.shape[0]
+        n = images.shape[0]
+        reasons: list[str | None] = [None] * n
+        failed: list[list[str]] = [[] for _ in range(n)]
         for k, model in self.models.items():
             logits, errors = self._forward(model, images)
             per_fold.append(self.calibrations.get(k, Calibration())(logits))
             reasons = [r or e for r, e in zip(reasons, errors)]
+            for i, e in enumerate(errors):
+                if e:
+                    failed[i].append(f"fold {k}: {e}")
         stacked = np.stack(per_fold)
         ok = np.isfinite(stacked)
         count = ok.sum(axis=0)
         mean = np.where(count > 0, np.where(ok, stacked, 0.0).sum(axis=0) / np.maximum(count, 1), np.nan)
-        return mean, [None if c > 0 else r for c, r in zip(count, reasons)]
+        folds = list(self.models)
+        partial = [None if not f or c == 0 else
+                   f"folds {','.join(str(k) for k, good in zip(folds, ok[:, i]) if good)} of {len(folds)} answered "
+                   f"({'; '.join(f)})" for i, (f, c) in enumerate(zip(failed, count))]
+        return mean, [None if c > 0 else r for c, r in zip(count, reasons)], partial
 
 
 def _short(exc: BaseException) -> str:
@@ -332,13 +343,14 @@ def _as_list(batch: list) -> list:
 
 
 def predict_files(predictor: SafePredictor, paths: list[Path], size: int | tuple[int, int], workers: int, chunk: int,
-                  progress: bool = False) -> tuple[np.ndarray, list[str | None], list[str | None]]:
-    """(mean logits, decode errors, model errors) for aligned face files, in order."""
+                  progress: bool = False) -> tuple[np.ndarray, list[str | None], list[str | None], list[str | None]]:
+    """(mean logits, decode errors, model errors, partial-fold notes) for stage-1 image files, in order."""
     from tqdm import tqdm
 
     logits = np.full(len(paths), np.nan)
     decode_errors: list[str | None] = [None] * len(paths)
     model_errors: list[str | None] = [None] * len(paths)
+    partial: list[str | None] = [None] * len(paths)
     loader = DataLoader(_FaceFiles(paths, size), batch_size=max(1, chunk), shuffle=False, num_workers=workers,
                         collate_fn=_as_list)
     for batch in tqdm(loader, desc="safe predict", disable=not show_progress(progress), leave=False, dynamic_ncols=True):
@@ -348,11 +360,12 @@ def predict_files(predictor: SafePredictor, paths: list[Path], size: int | tuple
                 decode_errors[i] = err
         if not good:
             continue
-        mean, errors = predictor.predict(torch.stack([img for _, img in good]))
-        for (i, _), value, error in zip(good, mean, errors):
+        mean, errors, notes = predictor.predict(torch.stack([img for _, img in good]))
+        for (i, _), value, error, note in zip(good, mean, errors, notes):
             logits[i] = value
             model_errors[i] = error
-    return logits, decode_errors, model_errors
+            partial[i] = note
+    return logits, decode_errors, model_errors, partial
 
 
 # ----------------------------------------------------------------------------- the run's pieces
@@ -435,40 +448,54 @@ def test_set_and_prior(cfg: Config, paths: RunPaths) -> tuple[dict[str, Path], f
     return test, prior
 
 
-def aligned_faces(cfg: Config, test_ids: list[str]) -> tuple[dict[str, tuple[list[Path], str]], str]:
-    """Test Id -> (its stage-1 image files in this config's stage-1 folder, status), for the manifest
-    rows whose files are there (a face: one file; a clip: its windows); and why there are none when
-    the manifest cannot be read."""
+def aligned_faces(cfg: Config, test_ids: list[str], expected: set[str]
+                  ) -> tuple[dict[str, tuple[list[Path], str]], dict[str, str], str]:
+    """Test Id -> (its stage-1 image files in this config's stage-1 folder, status), for the Ids whose
+    every stage-1 image is there (a face: its file; a clip: all its windows) and was made with stage-1
+    settings in ``expected``; Id -> why stage 1 must be redone for the others that have rows; and why
+    there is nothing when the manifest cannot be read. Half a clip is never judged as if whole."""
     try:
         faces = load_faces(cfg)
     except Exception as exc:
-        return {}, f"no stage-1 manifest: {_short(exc)}"
+        return {}, {}, f"no stage-1 manifest: {_short(exc)}"
     folder = stage1_out(cfg)
     wanted = set(test_ids)
-    found: dict[str, tuple[list[Path], str]] = {}
     rows = usable_faces(faces, "test")
+    rows = rows[rows["Id"].isin(wanted)]
+    stale = stage1_mismatch(rows, expected)
+    redo: dict[str, str] = {}
+    if stale.any():
+        log.warning("safe inference: %d test input(s) in %s were made with other stage-1 settings than the fold "
+                    "models' training images: stage 1 is redone for them", rows.loc[stale, "Id"].nunique(), folder)
+        redo.update({i: "stage-1 image made with other settings" for i in rows.loc[stale, "Id"]})
+    found: dict[str, tuple[list[Path], str]] = {}
+    missing: dict[str, int] = {}
     for ident, recorded, status in zip(rows["Id"], rows["path"], rows["status"]):
         # The file of *this* stage-1 folder, wherever it was when the manifest was written.
         path = folder / "test" / Path(str(recorded)).name
-        if ident in wanted and path.is_file():
+        if path.is_file():
             found.setdefault(ident, ([], str(status)))[0].append(path)
-    try:
-        recorded_hash = set(faces["settings_hash"]) if "settings_hash" in faces.columns else set()
-        if recorded_hash and recorded_hash != {stage1_hash(cfg)}:
-            log.warning("safe inference: %s was made with other stage-1 settings than this config's", folder)
-    except Exception:  # the check is advice only
-        pass
-    return found, ""
+        else:
+            missing[ident] = missing.get(ident, 0) + 1
+    for ident, n in missing.items():
+        total = n + len(found.get(ident, ([], ""))[0])
+        if ident in found:
+            redo.setdefault(ident, f"{n} of {total} stage-1 windows missing")
+    return {i: v for i, v in found.items() if i not in redo}, redo, ""
 
 
 # ----------------------------------------------------------------------------- the two commands
+
+
+PROBLEM_COLUMNS = ["Id", "answer", "reason", "prob", "target_feature"]
 
 
 @dataclass
 class SafeResult:
     submission: pd.DataFrame  # Id, target_feature
     probs: pd.DataFrame  # Id, prob, source (aligned | realigned | prior), status
-    problems: pd.DataFrame  # Id, reason, prob, target_feature: the rows that got the prior
+    # Id, answer (prior: nothing could judge it | partial: judged from part of it), reason, prob, target_feature
+    problems: pd.DataFrame
     folds: list[int]
     threshold: float
     prior: float
@@ -479,11 +506,12 @@ class SafeResult:
     def line(self) -> str:
         src = self.probs["source"].value_counts()
         halved = f", batch halved at {self.halvings}" if self.halvings else ""
-        return (f"safe inference: {len(self.submission)} test images, folds {self.folds}, threshold "
-                f"{self.threshold:.4f}, batch {self.batch_size}{halved} | {src.get('aligned', 0)} aligned faces, "
-                f"{src.get('realigned', 0)} aligned on the fly, {src.get('prior', 0)} prior "
-                f"({self.prior:.3f} -> class {int(self.prior >= 0.5)}), "
-                f"{int(self.submission['target_feature'].sum())} predicted fake -> {self.out}")
+        partial = int((self.problems["answer"] == "partial").sum())
+        return (f"safe inference: {len(self.submission)} test inputs, folds {self.folds}, threshold "
+                f"{self.threshold:.4f}, batch {self.batch_size}{halved} | {src.get('aligned', 0)} from stage-1 images, "
+                f"{src.get('realigned', 0)} through stage 1 on the fly, {src.get('prior', 0)} prior "
+                f"({self.prior:.3f} -> class {prior_answer(self.prior, self.threshold)[1]}), {partial} partial "
+                f"(problems.csv), {int(self.submission['target_feature'].sum())} predicted fake -> {self.out}")
 
 
 def load_calibrations(cfg: Config, paths: RunPaths, runtime: Runtime, folds: list[int]) -> dict[int, Calibration]:
@@ -520,28 +548,48 @@ def item_shape(cfg: Config) -> tuple[int, int]:
     return cfg.align.size, cfg.align.size
 
 
-def _predict_paths(cfg: Config, predictor: SafePredictor, groups: list[list[Path]]
-                   ) -> tuple[np.ndarray, list[str | None], list[str | None]]:
-    """(logit, decode error, model error) per group of stage-1 images: one face, or a clip's windows,
-    whose logits are averaged over the windows that decoded and ran (errors only when none did)."""
+@dataclass
+class Answer:
+    """What the models said of one input (a face, or a clip's windows)."""
+
+    logit: float = float("nan")  # mean calibrated log-odds; NaN when nothing could be judged
+    decode_error: str | None = None  # the first stage-1 image of the input that did not decode
+    model_error: str | None = None  # why no model judged it (when no image did)
+    partial: str | None = None  # what was left out of an answer that exists: windows, folds
+
+    @property
+    def ok(self) -> bool:
+        return bool(np.isfinite(self.logit))
+
+
+def _predict_paths(cfg: Config, predictor: SafePredictor, groups: list[list[Path]]) -> list[Answer]:
+    """An :class:`Answer` per group of stage-1 images (one face, or a clip's windows): the mean logit
+    over the images that decoded and ran; what was left out is said in ``partial``, never dropped
+    silently."""
     flat = [p for group in groups for p in group]
-    logits, decode_errors, model_errors = predict_files(predictor, flat, item_shape(cfg), cfg.run.workers,
-                                                        cfg.predict.batch_size, cfg.run.progress)
-    out = np.full(len(groups), np.nan)
-    dec: list[str | None] = [None] * len(groups)
-    mod: list[str | None] = [None] * len(groups)
+    logits, decode_errors, model_errors, fold_notes = predict_files(
+        predictor, flat, item_shape(cfg), cfg.run.workers, cfg.predict.batch_size, cfg.run.progress)
+    answers = []
     at = 0
-    for g, group in enumerate(groups):
+    for group in groups:
         part = slice(at, at + len(group))
         at += len(group)
         values = logits[part]
         ok = np.isfinite(values)
+        answer = Answer(decode_error=next((e for e in decode_errors[part] if e), None))
         if ok.any():
-            out[g] = float(values[ok].mean())
+            answer.logit = float(values[ok].mean())
+            notes = []
+            if not ok.all():
+                why = answer.decode_error or next((e for e in model_errors[part] if e), "no prediction")
+                notes.append(f"{int(ok.sum())} of {len(group)} windows judged ({why})")
+            notes += sorted({n for n, good in zip(fold_notes[part], ok) if n and good})
+            answer.partial = "; ".join(notes) or None
         elif group:
-            dec[g] = next((e for e in decode_errors[part] if e), None)
-            mod[g] = None if dec[g] else next((e for e in model_errors[part] if e), "no prediction")
-    return out, dec, mod
+            answer.model_error = None if answer.decode_error else next((e for e in model_errors[part] if e),
+                                                                       "no prediction")
+        answers.append(answer)
+    return answers
 
 
 def safe_inference(cfg: Config, paths: RunPaths, runtime: Runtime, out: Path, fast: bool = False) -> SafeResult:
@@ -550,26 +598,26 @@ def safe_inference(cfg: Config, paths: RunPaths, runtime: Runtime, out: Path, fa
     threshold = threshold_or_default(paths)
     test, prior = test_set_and_prior(cfg, paths)
     test_ids = list(test)
-    have, why = aligned_faces(cfg, test_ids)
-    prob: dict[str, float] = {}
+    have, redo, why = aligned_faces(cfg, test_ids, trained_stage1_hashes(cfg, paths, sorted(predictor.models)))
+    answers: dict[str, Answer] = {}
     source: dict[str, str] = {}
     status = {i: have[i][1] for i in have}
-    reasons: dict[str, str] = {}
+    reasons: dict[str, str] = dict(redo)
 
-    # 1. Stage-1 images on disk (align_faces.py, prepare_audio.py); one that does not decode: redone below.
+    # 1. Stage-1 images on disk (align_faces.py, prepare_audio.py); an input any of whose images does not
+    #    decode goes through stage 1 again below, as do inputs with missing or stale images.
     ids = [i for i in test_ids if i in have]
-    logits, decode_errors, model_errors = _predict_paths(cfg, predictor, [have[i][0] for i in ids])
-    again = []
-    for i, value, dec, err in zip(ids, logits, decode_errors, model_errors):
-        if dec is not None:
+    again = [i for i in test_ids if i in redo]
+    for i, answer in zip(ids, _predict_paths(cfg, predictor, [have[i][0] for i in ids])):
+        if answer.decode_error is not None:
             again.append(i)
-            reasons[i] = f"stage-1 image unreadable ({dec})"
-        elif err is not None:
-            reasons[i] = err
+            reasons[i] = f"stage-1 image unreadable ({answer.decode_error})"
+        elif not answer.ok:
+            reasons[i] = answer.model_error or "no prediction"
         else:
-            prob[i], source[i] = float(sigmoid(value)), "aligned"
+            answers[i], source[i] = answer, "aligned"
     # 2. The rest from the raw inputs, through stage 1 now.
-    missing = [i for i in test_ids if i not in have]
+    missing = [i for i in test_ids if i not in have and i not in redo]
     if missing:
         log.warning("safe inference: %d test input(s) without a stage-1 image (%s): stage 1 on the fly",
                     len(missing), why or f"not in {stage1_out(cfg) / 'faces.csv'} or file missing")
@@ -584,34 +632,33 @@ def safe_inference(cfg: Config, paths: RunPaths, runtime: Runtime, out: Path, fa
                 if not a.items:
                     what = "raw input unreadable" if a.status == "unreadable" else f"raw input {a.status}"
                     reasons[i] = "; ".join(filter(None, [reasons.get(i), f"{what}: {a.note}"]))
-            logits, decode_errors, model_errors = _predict_paths(cfg, predictor, [a.items for _, a in ready])
-            for (i, _), value, dec, err in zip(ready, logits, decode_errors, model_errors):
-                if dec is not None or err is not None:
-                    reasons[i] = "; ".join(filter(None, [reasons.get(i), dec or err]))
-                else:
-                    prob[i], source[i] = float(sigmoid(value)), "realigned"
+            for (i, _), answer in zip(ready, _predict_paths(cfg, predictor, [a.items for _, a in ready])):
+                if answer.ok:
+                    answers[i], source[i] = answer, "realigned"
                     reasons.pop(i, None)
-    # 3. Anything left gets the training prior's class.
-    prior_class = int(prior >= 0.5)
-    labels, probs_out = [], []
+                else:
+                    reasons[i] = "; ".join(filter(None, [reasons.get(i), answer.decode_error or answer.model_error]))
+    # 3. Anything left gets the training prior, labelled as every answer is (submission.prior_answer).
+    prior_prob, prior_label = prior_answer(prior, threshold)
+    probs_out = [float(sigmoid(answers[i].logit)) if i in answers else prior_prob for i in test_ids]
+    labels = [int(call_fake(p, threshold)) if i in answers else prior_label for i, p in zip(test_ids, probs_out)]
     for i in test_ids:
-        if i in prob:
-            labels.append(int(prob[i] >= threshold))
-            probs_out.append(prob[i])
-        else:
+        if i not in answers:
             source[i] = "prior"
             reasons.setdefault(i, "no prediction")
-            labels.append(prior_class)
-            probs_out.append(prior)
     submission = pd.DataFrame({"Id": test_ids, "target_feature": labels})
     validate_submission(submission, test_ids)
     probs = pd.DataFrame({"Id": test_ids, "prob": probs_out, "source": [source[i] for i in test_ids],
                           "status": [status.get(i, "") for i in test_ids]})
-    bad = [i for i in test_ids if source[i] == "prior"]
-    problems = pd.DataFrame({"Id": bad, "reason": [reasons[i] for i in bad], "prob": prior,
-                             "target_feature": prior_class}, columns=["Id", "reason", "prob", "target_feature"])
-    for i in bad[:10]:
-        log.warning("safe inference: %s gets the prior class %d: %s", i, prior_class, reasons[i])
+    problems = pd.DataFrame(
+        [{"Id": i, "answer": "prior", "reason": reasons[i], "prob": p, "target_feature": y}
+         if source[i] == "prior" else
+         {"Id": i, "answer": "partial", "reason": answers[i].partial, "prob": p, "target_feature": y}
+         for i, p, y in zip(test_ids, probs_out, labels) if source[i] == "prior" or answers[i].partial],
+        columns=PROBLEM_COLUMNS)
+    for row in problems.head(10).itertuples():
+        log.warning("safe inference: %s: %s (%s)", row.Id, f"the prior class {row.target_feature}"
+                    if row.answer == "prior" else "judged from part of it", row.reason)
     save_csv(out.with_name(out.stem + "_probs.csv"), probs)
     save_csv(out.parent / "problems.csv", problems)
     save_csv(out, submission)
@@ -637,13 +684,13 @@ def inspect_images(cfg: Config, paths: RunPaths, runtime: Runtime, inputs: list[
     with tempfile.TemporaryDirectory(prefix="safe_faces_") as tmp:
         aligned = on_the_fly(cfg, runtime.device, Path(tmp)).align(inputs)
         ready = [k for k, a in enumerate(aligned) if a.items]
-        logits, decode_errors, model_errors = _predict_paths(cfg, predictor, [aligned[k].items for k in ready])
-        result = {k: (v, d or e) for k, v, d, e in zip(ready, logits, decode_errors, model_errors)}
+        result = dict(zip(ready, _predict_paths(cfg, predictor, [aligned[k].items for k in ready])))
     for k, (src, a) in enumerate(zip(inputs, aligned)):
-        value, error = result.get(k, (np.nan, None))
-        p = float(sigmoid(value)) if np.isfinite(value) else np.nan
-        rows.append({"Id": src.name, "prob": p, "label": int(p >= threshold) if np.isfinite(p) else pd.NA,
-                     "status": a.status, "note": "; ".join(filter(None, [a.note, error]))})
+        answer = result.get(k, Answer())
+        p = float(sigmoid(answer.logit)) if answer.ok else np.nan
+        note = answer.partial if answer.ok else (answer.decode_error or answer.model_error)
+        rows.append({"Id": src.name, "prob": p, "label": int(call_fake(p, threshold)) if answer.ok else pd.NA,
+                     "status": a.status, "note": "; ".join(filter(None, [a.note, note]))})
     frame = pd.DataFrame(rows, columns=["Id", "prob", "label", "status", "note"])
     frame["label"] = frame["label"].astype("Int64")
     return frame

@@ -2,9 +2,16 @@
 
 Each fold model's logits are averaged over the TTA views and calibrated (``trained.py``); the
 calibrated log-odds are averaged over the folds and passed through a sigmoid; the label uses the
-pooled-OOF threshold from ``threshold.json``, fitted on the same kind of predictions. A test image
-that was unreadable at alignment gets the training prior (and is listed in ``predict_problems.csv``),
-so the submission always has every test Id exactly once; it is validated before it is written.
+pooled-OOF threshold from ``threshold.json``. A test image that was unreadable at alignment gets the
+training prior, labelled by the same rule (``submission.prior_answer``, as in safe inference), and is
+listed in ``predict_problems.csv``, so the submission always has every test Id exactly once; it is
+validated before it is written. Test images made with other stage-1 settings than the fold models'
+training images are refused.
+
+The threshold was fitted on single fold models' out-of-fold probabilities, and it labels the mean of
+the folds' calibrated log-odds, which is less extreme where the folds disagree. ``predict.json``
+measures what that does on each test set: the share each fold alone would call fake beside the
+ensemble's share, and how many labels the ensemble changes against the folds' majority.
 """
 
 from __future__ import annotations
@@ -19,10 +26,10 @@ from .artifacts import RunPaths, load_faces, per_id, usable_faces
 from .config import Config
 from .dataset import load_layout
 from .errors import PipelineError
-from .images import save_csv
+from .images import atomic_write_text, save_csv
 from .runtime import Runtime
-from .submission import write_submission
-from .trained import ensemble_logits, finished_folds, oof_is_current, pool_oof, sigmoid
+from .submission import call_fake, prior_answer, write_submission
+from .trained import check_test_stage1, ensemble_logits, finished_folds, oof_is_current, pool_oof, sigmoid
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +52,33 @@ def run_predict(cfg: Config, runtime: Runtime, paths: RunPaths, force: bool = Fa
     test_ids = list(layout.test.frame["Id"])
     faces = load_faces(cfg)
     usable = usable_faces(faces, "test")
-    prior = float(layout.train.frame["target"].mean())
-    ids, logits = per_id(usable["Id"], ensemble_logits(cfg, paths, runtime, folds, list(usable["path"])))
-    prob = dict(zip(ids, sigmoid(logits)))
+    check_test_stage1(cfg, paths, folds, usable, "predict")
+    prior_prob, prior_label = prior_answer(float(layout.train.frame["target"].mean()), threshold)
+    per_fold = ensemble_logits(cfg, paths, runtime, folds, list(usable["path"]), per_fold=True)
+    per_fold = np.stack([per_id(usable["Id"], row)[1] for row in per_fold])  # one value per Id
+    ids = per_id(usable["Id"], np.zeros(len(usable)))[0]
+    prob = dict(zip(ids, sigmoid(per_fold.mean(axis=0))))
     problems = [i for i in test_ids if i not in prob]
     if problems:
-        log.warning("predict: %d test image(s) without an aligned face get the train prior %.3f, e.g. %s",
-                    len(problems), prior, problems[0])
-        reasons = faces.set_index("Id")["note"] if "note" in faces.columns else {}
+        log.warning("predict: %d test input(s) without a stage-1 image get the train prior %.3f (class %d), e.g. %s",
+                    len(problems), prior_prob, prior_label, problems[0])
+        reasons = faces.drop_duplicates("Id").set_index("Id")["note"] if "note" in faces.columns else {}
         save_csv(paths.root / "predict_problems.csv", pd.DataFrame({
-            "Id": problems, "reason": [f"unreadable at alignment: {reasons.get(i, '')}" for i in problems],
-            "prob": prior,
+            "Id": problems, "reason": [f"unreadable at stage 1: {reasons.get(i, '')}" for i in problems],
+            "prob": prior_prob, "target_feature": prior_label,
         }))
-    probs = pd.DataFrame({"Id": test_ids, "prob": [prob.get(i, prior) for i in test_ids]})
+    probs = pd.DataFrame({"Id": test_ids, "prob": [prob.get(i, prior_prob) for i in test_ids]})
     save_csv(paths.test_probs_csv, probs)
     submission = write_submission(probs, threshold, test_ids, paths.submission_csv)
+    agreement = fold_agreement(per_fold, threshold)
+    atomic_write_text(paths.root / "predict.json", json.dumps({"threshold": threshold, "folds": folds, **agreement},
+                                                              indent=2))
+    if agreement["n"]:
+        log.info("predict: alone, the folds would call %s fake; the ensemble %.1f%% (%d label(s) against the folds' "
+                 "majority; folds disagree on %.1f%%) -> predict.json",
+                 "/".join(f"{100 * v:.1f}%" for v in agreement["fold_fake_share"]),
+                 100 * agreement["ensemble_fake_share"], agreement["ensemble_against_majority"],
+                 100 * agreement["folds_disagree"])
     fake_share = float(submission["target_feature"].mean())
     log.info("predict: %d test %s, %d folds x %d TTA views, threshold %.4f, %d predicted fake (%.1f%%; OOF "
              "%.1f%%, expected from the calibrated probabilities %.1f%%) -> %s", len(test_ids),
@@ -68,6 +87,27 @@ def run_predict(cfg: Config, runtime: Runtime, paths: RunPaths, force: bool = Fa
              100 * record.get("oof_fake_share", float("nan")), 100 * float(probs["prob"].mean()),
              paths.submission_csv)
     check_fake_share(fake_share, float(probs["prob"].mean()), len(test_ids))
+
+
+def fold_agreement(per_fold: np.ndarray, threshold: float) -> dict[str, object]:
+    """How the ensemble's labels relate to each fold's own, for the (n_folds, n_items) calibrated
+    log-odds of the items every fold judged: the share each fold alone calls fake at ``threshold``,
+    the ensemble's share, and how many items the ensemble labels against the folds' majority (the
+    mean log-odds cross the threshold where the folds' votes do not)."""
+    if per_fold.size == 0:
+        return {"n": 0}
+    votes = np.asarray(call_fake(sigmoid(per_fold), threshold))
+    ensemble = np.asarray(call_fake(sigmoid(per_fold.mean(axis=0)), threshold))
+    majority = votes.mean(axis=0)
+    decided = majority != 0.5  # an even split has no majority
+    return {
+        "n": int(per_fold.shape[1]),
+        "fold_fake_share": [float(v) for v in votes.mean(axis=1)],
+        "ensemble_fake_share": float(ensemble.mean()),
+        "folds_disagree": float(np.mean((majority > 0) & (majority < 1))),
+        "ensemble_against_majority": int(np.sum(decided & (ensemble != (majority > 0.5)))),
+        "mean_abs_logodds": {"folds": float(np.abs(per_fold).mean()), "ensemble": float(np.abs(per_fold.mean(0)).mean())},
+    }
 
 
 def check_fake_share(called: float, expected: float, n: int) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .errors import SubmissionError
@@ -31,11 +32,24 @@ def validate_submission(submission: pd.DataFrame, test_ids: list[str]) -> None:
         raise SubmissionError("submission not written: " + "; ".join(problems))
 
 
+def call_fake(prob: float | np.ndarray, threshold: float) -> int | np.ndarray:
+    """The one labelling rule: fake (1) when ``prob >= threshold``, for every answer a submission holds."""
+    called = np.asarray(prob, dtype=np.float64) >= threshold
+    return int(called) if called.ndim == 0 else called.astype(int)
+
+
+def prior_answer(prior: float, threshold: float) -> tuple[float, int]:
+    """(probability, label) of an input nothing could judge (unreadable, silent, every model failed):
+    the training prior, labelled by :func:`call_fake` like every other probability. The predict stage
+    and safe inference both answer this way, so the same input gets the same label from either."""
+    return float(prior), int(call_fake(prior, threshold))
+
+
 def write_submission(probs: pd.DataFrame, threshold: float, test_ids: list[str], out: Path) -> pd.DataFrame:
     if probs["prob"].isna().any():
         bad = probs.loc[probs["prob"].isna(), "Id"].iloc[0]
         raise SubmissionError(f"submission not written: NaN probability for Id {bad!r}")
-    submission = pd.DataFrame({"Id": probs["Id"], "target_feature": (probs["prob"] >= threshold).astype(int)})
+    submission = pd.DataFrame({"Id": probs["Id"], "target_feature": call_fake(probs["prob"].to_numpy(), threshold)})
     validate_submission(submission, test_ids)
     save_csv(out, submission)
     return submission

@@ -115,6 +115,46 @@ def test_windows_train_and_predict_one_value_per_clip(prepared: Path, whole_run:
         assert set(train.loc[train["is_pseudo"] == 1, "Id"]) == set(mined.loc[mined["fold"] == k, "Id"])
 
 
+def test_speech_answers_agree_and_half_a_clip_is_never_judged_whole(prepared: Path, whole_run: Path,
+                                                                    tmp_path: Path) -> None:
+    """Speech windows through the predict stage, safe_inference.py and --input: one probability (1e-6
+    from the same windows, 1e-4 through stage 1 again) and one label per clip. A clip whose windows
+    are partly missing or undecodable goes through stage 1 again, never judged from what is left."""
+    from deepfake_pipeline.artifacts import RunPaths
+    from deepfake_pipeline.fallback import inspect_images, list_inputs, safe_inference
+    from deepfake_pipeline.trained import inference_runtime, load_run_config
+
+    windows = tmp_path / "windows"
+    shutil.copytree(prepared / "windows", windows)
+    cfg = load_run_config(whole_run, [f"audio.out={windows}"])
+    threshold = json.loads((whole_run / "threshold.json").read_text())["threshold"]
+    probs = pd.read_csv(whole_run / "test_probs.csv", dtype={"Id": str}).set_index("Id")["prob"]
+    labels = pd.read_csv(whole_run / "submission.csv", dtype={"Id": str}).set_index("Id")["target_feature"]
+    runtime = inference_runtime("cpu")
+    intact = safe_inference(cfg, RunPaths(whole_run), runtime, tmp_path / "intact.csv")
+    assert intact.problems.empty and (intact.probs["source"] == "aligned").all()
+    assert (intact.probs.set_index("Id")["prob"].loc[probs.index] - probs).abs().max() < 1e-6
+    assert intact.submission.set_index("Id")["target_feature"].loc[labels.index].equals(labels)
+
+    answers = inspect_images(cfg, RunPaths(whole_run), runtime, list_inputs(prepared / "data" / "test_audio"))
+    answers.index = [Path(n).stem for n in answers["Id"]]
+    assert (answers.loc[probs.index, "prob"] - probs).abs().max() < 1e-4
+    clear = (probs - threshold).abs() > 1e-4
+    assert answers.loc[probs.index, "label"].astype(int)[clear].equals(labels[clear])
+
+    rows = load_faces(cfg)
+    test = rows[rows["split"] == "test"]
+    multi = test.groupby("Id").size().loc[lambda n: n >= 2].index
+    lost, torn = multi[0], multi[1]
+    here = windows / "test"  # the copy's files (the manifest records the original folder's paths)
+    (here / Path(test.loc[test["Id"] == lost, "path"].iloc[1]).name).unlink()  # a window's file is gone
+    (here / Path(test.loc[test["Id"] == torn, "path"].iloc[0]).name).write_bytes(b"\x89PNG torn")  # undecodable
+    again = safe_inference(cfg, RunPaths(whole_run), runtime, tmp_path / "again.csv")
+    got = again.probs.set_index("Id")
+    assert (got.loc[[lost, torn], "source"] == "realigned").all() and again.problems.empty
+    assert (got["prob"].loc[probs.index] - probs).abs().max() < 1e-4  # the whole clips, as predict judged them
+
+
 def test_a_killed_fine_tune_resumes_to_the_same_weights(prepared: Path) -> None:
     straight = config(prepared, "straight")
     proc = run_cli(["train.py", "--config", str(straight), "--stage", "finetune", "--set", "finetune.run_folds=[0]"])
@@ -176,5 +216,6 @@ def test_codec_benchmark_out_of_fold_reproduces_the_runs_oof(prepared: Path, who
     oof_part = proc.stdout.split("Out of fold:")[1]
     rows = {line.split("|")[2].strip(): line.split("|") for line in oof_part.splitlines() if line.startswith("| whole")}
     oof = pd.read_csv(whole_run / "oof.csv", dtype={"Id": str})
-    assert float(rows["flac (as is)"][4].split()[0]) == pytest.approx(roc_auc_score(oof["target"], oof["prob"]), abs=6e-4)
+    insample = roc_auc_score(oof["target"], oof["prob_insample"])  # the fold's own calibration, as the benchmark
+    assert float(rows["flac (as is)"][4].split()[0]) == pytest.approx(insample, abs=6e-4)
     assert 5 < float(rows["mp3"][3]) < 128 and len(list((tmp_path / "train-mp3").iterdir())) == len(oof)

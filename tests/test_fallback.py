@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -228,3 +229,72 @@ def test_input_folder_of_photos(tiny_run: Path, tmp_path: Path) -> None:
     good = frame.drop(index="broken.jpg")
     assert good["status"].isin(["face", "fallback"]).all()
     assert good["prob"].between(0, 1).all() and good["label"].isin([0, 1]).all()
+
+
+def test_a_fold_failing_on_an_image_is_a_recorded_partial_answer(tiny_run: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """One fold fails on one face: that face is judged by the other fold alone, and problems.csv says
+    so (which folds answered, why the other did not); it is never passed off as a whole answer."""
+    run, overrides = workspace(tiny_run, tmp_path)
+    ids = sorted(p.stem for p in (tmp_path / "faces" / "test").iterdir())
+    black = tmp_path / "faces" / "test" / f"{ids[3]}.jpg"
+    save_jpeg(black, np.zeros((64, 64, 3), np.uint8))
+    real = fallback.SafePredictor._call
+
+    def fold1_fragile(self, model, images):  # fold 1 fails on any batch holding the black face
+        if model is self.models[1] and (images.flatten(1).amax(1) == 0).any():
+            raise ValueError("simulated fold-1 failure")
+        return real(self, model, images)
+
+    monkeypatch.setattr(fallback.SafePredictor, "_call", fold1_fragile)
+    result = run_safe(run, overrides, tmp_path / "sub.csv")
+    check_complete(result.submission, tmp_path / "dataset")
+    problems = result.problems.set_index("Id")
+    assert list(problems.index) == [ids[3]] and problems.loc[ids[3], "answer"] == "partial"
+    assert "folds 0 of 2 answered" in problems.loc[ids[3], "reason"]
+    assert "simulated fold-1 failure" in problems.loc[ids[3], "reason"]
+    cfg = load_run_config(run, overrides)
+    fold0 = sigmoid(ensemble_logits(cfg, RunPaths(run), inference_runtime("cpu"), [0], [str(black)],
+                                    tta=["identity"]))[0]
+    probs = result.probs.set_index("Id")
+    assert probs.loc[ids[3], "prob"] == pytest.approx(fold0, abs=1e-6) and probs.loc[ids[3], "source"] == "aligned"
+    written = pd.read_csv(tmp_path / "problems.csv", dtype={"Id": str})
+    assert list(written["answer"]) == ["partial"]
+
+
+def test_unanswerable_inputs_get_one_label_from_predict_and_safe_inference(tiny_run: Path, tmp_path: Path) -> None:
+    """An input nothing could judge gets the training prior as its probability and the label any
+    probability gets: prior >= threshold. The predict stage and safe inference agree (they used to
+    label it with the OOF threshold and with 0.5)."""
+    from deepfake_pipeline.predict import run_predict
+    from deepfake_pipeline.submission import prior_answer
+
+    assert prior_answer(0.6, 0.7) == (0.6, 0) and prior_answer(0.6, 0.5) == (0.6, 1)
+    run, overrides = workspace(tiny_run, tmp_path)
+    record = json.loads((run / "threshold.json").read_text())
+    record["threshold"] = 0.99  # above the prior: the prior's label is 0, not int(prior >= 0.5)
+    (run / "threshold.json").write_text(json.dumps(record))
+    ids = sorted(p.stem for p in (tmp_path / "dataset" / "test_images").iterdir())
+    dead = ids[0]
+    (tmp_path / "dataset" / "test_images" / f"{dead}.jpg").write_bytes(GARBAGE)
+    faces_csv = tmp_path / "faces" / "faces.csv"
+    manifest = pd.read_csv(faces_csv, dtype={"Id": str}, keep_default_na=False)
+    manifest.loc[(manifest["Id"] == dead) & (manifest["split"] == "test"), ["status", "path"]] = ["unreadable", ""]
+    manifest.to_csv(faces_csv, index=False)
+    prior = pd.read_csv(tmp_path / "dataset" / "train_solution.csv")["target_feature"].mean()
+    assert 0.5 <= prior < 0.99
+
+    cfg = load_run_config(run, overrides)
+    run_predict(cfg, inference_runtime("cpu"), RunPaths(run))
+    predicted = pd.read_csv(run / "submission.csv", dtype={"Id": str}).set_index("Id")["target_feature"]
+    problems = pd.read_csv(run / "predict_problems.csv", dtype={"Id": str}).set_index("Id")
+    assert predicted.loc[dead] == 0 and problems.loc[dead, "target_feature"] == 0
+    assert problems.loc[dead, "prob"] == pytest.approx(prior)
+    safe = run_safe(run, overrides, tmp_path / "safe.csv", fast=False)
+    assert safe.submission.set_index("Id").loc[dead, "target_feature"] == 0
+    assert safe.problems.set_index("Id").loc[dead, "answer"] == "prior"
+    assert safe.probs.set_index("Id").loc[dead, "prob"] == pytest.approx(prior)
+    assert "-> class 0" in safe.line()
+    # predict.json: what the ensemble mean did to the labels against each fold's own call
+    agreement = json.loads((run / "predict.json").read_text())
+    assert len(agreement["fold_fake_share"]) == 2 and agreement["n"] == len(ids) - 1
