@@ -62,7 +62,9 @@ from .workers import exit_with, forkserver_context, lifeline
 
 log = logging.getLogger(__name__)
 
-ALIGN_VERSION = 1  # bump when the crop policy changes: old outputs are then redone
+# Bump when the crop policy changes: old outputs are then redone. 2: native windows stay on the 16 px
+# grid at image edges; a face's box no longer depends on its batch neighbours.
+ALIGN_VERSION = 2
 MANIFEST_NAME = "faces.csv"
 MANIFEST_COLUMNS = [
     "Id", "split", "status", "prob", "box", "n_faces", "src_width", "src_height", "path", "note",
@@ -193,8 +195,7 @@ class _BatchDataset(Dataset):
         batch = [self._decode(i) for i in range(b * self.batch_size, stop)]
         if self.detect_here:
             if self._detector is None:
-                self._detector = FaceDetector(self.cfg.align.min_face_frac, "cpu",
-                                              retry_below=self.cfg.align.min_prob)
+                self._detector = FaceDetector.for_config(self.cfg.align, "cpu")
             detect_batch(self._detector, batch, self.cfg.align)
         return batch
 
@@ -442,7 +443,7 @@ def detect_stream(items: list[Item], cfg: Config) -> Iterator[tuple[int, Decoded
                  device, f" in {acfg.workers} workers" if in_workers else "", acfg.detect_max_side,
                  100 * acfg.min_face_frac)
         if not in_workers:
-            detector = FaceDetector(acfg.min_face_frac, device, retry_below=acfg.min_prob)
+            detector = FaceDetector.for_config(acfg, device)
     dataset = _BatchDataset(items, cfg, copies=detector is not None, detect_here=in_workers)
     if acfg.workers <= 0:
         yield from _detected((dataset[b] for b in range(len(dataset))), detector, acfg)

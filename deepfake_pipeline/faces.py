@@ -106,7 +106,8 @@ NATIVE_GRID = 16
 
 
 def native_window(box: Box, width: int, height: int, size: int, grid: int = NATIVE_GRID) -> Box:
-    """A ``size`` x ``size`` window centred on ``box``, corner snapped to ``grid``, shifted inside the image.
+    """A ``size`` x ``size`` window centred on ``box``, corner snapped to ``grid``, shifted inside the image
+    (to the last grid position that fits: every start is a multiple of ``grid``).
 
     Where the image is smaller than ``size`` the window starts at 0 and reaches past the image
     (:func:`native_crop` pads that part).
@@ -117,7 +118,9 @@ def native_window(box: Box, width: int, height: int, size: int, grid: int = NATI
         if extent <= size:
             return 0
         s = int(round((centre - size / 2.0) / grid)) * grid
-        return min(max(s, 0), extent - size)
+        # The last grid start that fits: near an edge the window may stop short of it (by < grid px)
+        # rather than leave the grid, so the block phase never depends on where the face sits.
+        return min(max(s, 0), (extent - size) // grid * grid)
 
     left, top = start(cx, width), start(cy, height)
     return left, top, left + size, top + size
@@ -205,6 +208,14 @@ def resolve_device(name: str) -> torch.device:
 Raw = tuple[np.ndarray, np.ndarray]  # (N x 5 boxes + prob, N x 5 x 2 landmarks) in copy pixels
 
 
+def _by_shape(copies: list[np.ndarray]) -> list[list[int]]:
+    """Indices of ``copies`` grouped by image shape, in first-seen order."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, c in enumerate(copies):
+        groups.setdefault(tuple(c.shape), []).append(i)
+    return list(groups.values())
+
+
 def _no_faces() -> Raw:
     return np.zeros((0, 5), np.float32), np.zeros((0, 5, 2), np.float32)
 
@@ -214,13 +225,15 @@ def _best(raw: Raw) -> float:
 
 
 class FaceDetector:
-    """facenet-pytorch MTCNN on batches of detection copies of unequal sizes.
+    """facenet-pytorch MTCNN on batches of detection copies.
 
-    The copies are zero-padded (bottom/right) to the batch's largest height and width, so one
-    forward pass serves the whole batch; boxes and landmarks come back divided by each image's
-    scale, i.e. in source pixels. ``min_face_size`` is ``min_face_frac`` x the smallest short
-    side in the batch (>= 12 px): on portrait-style images, where faces are large, this prunes
-    most of the image pyramid and is the main speed lever. The nets run in channels_last.
+    Copies of one shape share a forward pass; boxes and landmarks come back divided by each image's
+    scale, i.e. in source pixels. ``min_face_size`` is ``min_face_frac`` x the copy's short side
+    (>= 12 px): on portrait-style images, where faces are large, this prunes most of the image
+    pyramid and is the main speed lever. An image's faces never depend on its batch neighbours:
+    images of other shapes go in passes of their own (MTCNN pads a batch to its largest image and
+    takes one minimum face size for all, either of which would move a box), so a photo judged alone
+    gets the box it got in the stage-1 batch. The nets run in channels_last.
 
     Second chance: images whose best face is below ``retry_below`` (pass ``align.min_prob``; None
     turns it off) are detected once more on a copy framed by a black border of ``retry_pad`` x
@@ -245,6 +258,12 @@ class FaceDetector:
         # channels_last: max-pooling (most of R-net/O-net time on CPU) runs ~10x faster; same maths.
         self.mtcnn.to(memory_format=torch.channels_last)
 
+    @classmethod
+    def for_config(cls, cfg: AlignConfig, device: torch.device | str = "cpu") -> FaceDetector:
+        """The detector of the ``align`` settings: every stage-1 path (align_faces.py, its workers,
+        safe inference's on-the-fly alignment) builds it here, so all of them detect alike."""
+        return cls(cfg.min_face_frac, device, retry_below=cfg.min_prob)
+
     def detect(self, copies: list[np.ndarray], scales: list[Scale] | None = None,
                min_face_frac: float | None = None) -> list[list[Face]]:
         """Faces of each image (HxWx3 uint8 RGB detection copies), in source pixels.
@@ -255,9 +274,11 @@ class FaceDetector:
             return []
         frac = self.min_face_frac if min_face_frac is None else min_face_frac
         scales = scales if scales is not None else [(1.0, 1.0)] * len(copies)
-        # The smallest image that any pyramid level fits decides the batch's minimum face size.
-        short = min((m for m in (min(c.shape[:2]) for c in copies) if m >= MIN_FACE_PX), default=MIN_FACE_PX)
-        raw = self._detect_safe(copies, min_face_size(short, frac))
+        raw: list[Raw] = [_no_faces()] * len(copies)
+        for group in _by_shape(copies):
+            found = self._detect_safe([copies[i] for i in group], min_face_size(min(copies[group[0]].shape[:2]), frac))
+            for i, r in zip(group, found):
+                raw[i] = r
         if self.retry_below is not None:
             self._second_chance(copies, raw, frac)
         out = []
@@ -272,17 +293,17 @@ class FaceDetector:
         redo = [i for i, r in enumerate(raw) if _best(r) < self.retry_below]
         if not redo:
             return
-        pads = [int(round(self.retry_pad * max(copies[i].shape[:2]))) for i in redo]
-        framed = [cv2.copyMakeBorder(copies[i], q, q, q, q, cv2.BORDER_CONSTANT, value=(0, 0, 0))
-                  for i, q in zip(redo, pads)]
-        # Min face from the unframed short side, halved: the second look also finds smaller faces.
-        short = min(min(copies[i].shape[:2]) for i in redo)
-        again = self._detect_safe(framed, min_face_size(short, frac / 2))
-        for i, q, (boxes, points) in zip(redo, pads, again):
-            if _best((boxes, points)) > _best(raw[i]):
-                boxes = boxes.copy()
-                boxes[:, :4] -= q
-                raw[i] = (boxes, points - q)
+        for group in _by_shape([copies[i] for i in redo]):
+            ids = [redo[j] for j in group]
+            q = int(round(self.retry_pad * max(copies[ids[0]].shape[:2])))
+            framed = [cv2.copyMakeBorder(copies[i], q, q, q, q, cv2.BORDER_CONSTANT, value=(0, 0, 0)) for i in ids]
+            # Min face from the unframed short side, halved: the second look also finds smaller faces.
+            again = self._detect_safe(framed, min_face_size(min(copies[ids[0]].shape[:2]), frac / 2))
+            for i, (boxes, points) in zip(ids, again):
+                if _best((boxes, points)) > _best(raw[i]):
+                    boxes = boxes.copy()
+                    boxes[:, :4] -= q
+                    raw[i] = (boxes, points - q)
 
     def _detect_safe(self, copies: list[np.ndarray], min_face: int) -> list[Raw]:
         try:

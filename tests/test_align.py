@@ -155,9 +155,16 @@ def test_native_crop_copies_source_pixels_on_the_jpeg_grid() -> None:
     assert window == (112, 48, 208, 144)  # centre - 48 = (112, 52), corner snapped to the 16 px grid
     crop = native_crop(img, box, 96)
     assert np.array_equal(crop, img[48:144, 112:208])  # the source pixels themselves, nothing resampled
-    # at the border the window shifts inside instead of padding
+    # at the border the window shifts inside instead of padding, to the last start on the grid: the
+    # JPEG block phase never depends on where the face sits (204 = 300 - 96 is off the grid, 192 is on)
     assert native_window((0, 0, 40, 40), 300, 250, 96)[:2] == (0, 0)
-    assert native_window((260, 210, 300, 250), 300, 250, 96)[2:] == (300, 250)
+    assert native_window((260, 210, 300, 250), 300, 250, 96) == (192, 144, 288, 240)
+    for w, h in ((300, 250), (257, 321), (97, 113), (96, 96)):
+        for cx in range(0, w, 7):
+            x1, y1, x2, y2 = native_window((cx - 5, cx % h - 5, cx + 5, cx % h + 5), w, h, 96)
+            assert x1 % 16 == 0 and y1 % 16 == 0 and x2 <= w and y2 <= h
+        x1, y1, x2, y2 = native_window((w - 10, h - 10, w, h), w, h, 96)  # a face in the far corner
+        assert w - x2 < 16 and h - y2 < 16  # as close to the edge as the grid allows
     cfg = AlignConfig(size=96, resize=False)
     face, shown = make_crop(img, box, cfg)
     assert np.array_equal(face, crop) and shown == window
@@ -339,7 +346,7 @@ def small_face_frame(index: int = 0) -> tuple[np.ndarray, tuple[int, int, int, i
 
 def test_closer_look_finds_a_small_face_the_fast_look_misses() -> None:
     cfg = AlignConfig()
-    detector = FaceDetector(cfg.min_face_frac, "cpu", retry_below=cfg.min_prob)
+    detector = FaceDetector.for_config(cfg, "cpu")
     frame, (x0, y0, x1, y1) = small_face_frame()
     copy, scale = detection_copy(frame, cfg.detect_max_side)
     found = detector.detect([copy], [scale])
@@ -351,6 +358,25 @@ def test_closer_look_finds_a_small_face_the_fast_look_misses() -> None:
     assert face.prob >= cfg.min_prob
     cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
     assert x0 < cx < x1 and y0 < cy < y1  # in source pixels, inside the pasted portrait
+
+
+def test_a_face_box_does_not_depend_on_its_batch_neighbours() -> None:
+    """A photo judged alone (safe_inference.py --input) must get the box it got in a stage-1 batch.
+    MTCNN pads a batch to its largest image and takes one minimum face size for all of it: an image
+    batched with a smaller or larger one would otherwise be searched on another pyramid."""
+    cfg = AlignConfig()
+    detector = FaceDetector.for_config(cfg, "cpu")
+    portrait = detection_copy(render_image(0, 2, False, 256)[0], cfg.detect_max_side)[0]  # 160 x 160
+    wide = cv2.resize(render_image(0, 5, True, 256)[0], (160, 96), interpolation=cv2.INTER_AREA)  # 96 x 160
+    tall = cv2.resize(render_image(0, 7, False, 256)[0], (120, 160), interpolation=cv2.INTER_AREA)  # 160 x 120
+    alone = detector.detect([portrait])[0]
+    assert alone and best_prob(alone) >= cfg.min_prob
+    for batch in ([wide, portrait], [portrait, tall, wide], [tall, portrait]):
+        batched = detector.detect(batch)[next(i for i, b in enumerate(batch) if b is portrait)]
+        assert len(batched) == len(alone)
+        for a, b in zip(alone, batched):
+            assert np.array_equal(a.box, b.box) and a.prob == b.prob
+    assert detector.retry_below == cfg.min_prob  # the stage's second-chance setting, wherever it is built
 
 
 @pytest.mark.parametrize("workers", [0, 1])
