@@ -390,9 +390,16 @@ def missing_codecs(names: Sequence[str]) -> list[str]:
     return [n for n in names if n not in CODECS or CODECS[n][1] not in sf.available_subtypes(CODECS[n][0])]
 
 
+class CodecError(RuntimeError):
+    """A codec round trip that does not give back the whole clip: no copy is made of it."""
+
+
 def codec_roundtrip(x: np.ndarray, rate: int, codec: str, level: float) -> np.ndarray:
     """Mono samples encoded with ``codec`` at compression ``level`` (0..1, higher = fewer bits), in
-    memory, and decoded in one call (see :func:`seeks_exactly`): float64, ``len(x)`` samples."""
+    memory, and decoded in one call (see :func:`seeks_exactly`): float64, ``len(x)`` samples.
+
+    A decode shorter than the input raises :class:`CodecError`: padding the rest with zeros would
+    make a damaged copy (digital silence where speech was) that training could not tell apart."""
     fmt, subtype = CODECS[codec]
     buf = io.BytesIO()
     with sf.SoundFile(buf, "w", samplerate=rate, channels=1, format=fmt, subtype=subtype,
@@ -400,7 +407,9 @@ def codec_roundtrip(x: np.ndarray, rate: int, codec: str, level: float) -> np.nd
         f.write(np.clip(x, -1.0, 1.0).astype(np.float32))
     buf.seek(0)
     y, _ = sf.read(buf, dtype="float64")
-    return np.pad(y, (0, len(x) - len(y))) if len(y) < len(x) else y[: len(x)]
+    if len(y) < len(x):
+        raise CodecError(f"the {codec} decode at level {level:g} gave {len(y)} of {len(x)} samples")
+    return y[: len(x)]
 
 
 # ---------------------------------------------------------------- decoding a clip
@@ -621,7 +630,7 @@ def _fill(clip: Clip, source: ClipReader, cfg: AudioConfig, notes: list[str], al
     for codec, level in copies:
         try:
             coded[codec] = codec_roundtrip(whole, sr, codec, level)
-        except (sf.SoundFileError, RuntimeError) as exc:
+        except (sf.SoundFileError, RuntimeError) as exc:  # CodecError included
             notes.append(f"no {codec} copy: {exc}")
 
     def render(x: np.ndarray) -> bytes:

@@ -62,8 +62,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "faces.csv"  # the stage-1 contract's name, shared with alignment
 MANIFEST_COLUMNS = [
-    "Id", "split", "window", "status", "path", "copies", "note", "start_s", "end_s", "duration_s", "src_rate",
-    "src_channels", "settings_hash",
+    "Id", "split", "window", "status", "path", "copies", "copy_levels", "note", "start_s", "end_s", "duration_s",
+    "src_rate", "src_channels", "settings_hash",
 ]
 COPY_SPLIT = "train"  # codec copies are training material: labelled clips only
 # Audio keys that never change a window (speed, location) stay out of the hash.
@@ -74,13 +74,16 @@ def settings_hash(cfg: Config) -> str:
     """Hash of what decides the windows: audio settings, the decoder's data setting, the version.
 
     ``data.root`` and ``audio.out`` are left out on purpose: sources are fingerprinted one by one.
+    ``run.seed`` is in when there are codec copies: it draws their levels.
     """
     full = to_dict(cfg)
     audio = {k: v for k, v in full["audio"].items() if k not in _HASH_EXCLUDED}
-    if not audio["codec_copies"]:  # without copies their level cannot matter (and older outputs stay valid)
-        del audio["codec_copies"], audio["codec_level"]
     data = {"allow_truncated": full["data"]["allow_truncated"]}
     extra = {"audio": audio, "data": data, "version": AUDIO_VERSION, "delta_db": DELTA_DB}
+    if audio["codec_copies"]:
+        extra["seed"] = cfg.run.seed  # draws each copy's level (codec_plan)
+    else:  # without copies their level and the seed cannot matter (and older outputs stay valid)
+        del audio["codec_copies"], audio["codec_level"]
     return stage_hash(cfg, [], extra=extra)
 
 
@@ -184,12 +187,13 @@ def _remove_stale_windows(out: Path, item: ClipItem, keep: int) -> None:
 def _finish(item: ClipItem, clip: Clip, out: Path, digest: str) -> dict[str, Any]:
     """Write the clip's PNGs (atomically) and return its journal entry."""
     windows = []
+    levels = dict(item.copies)
     for w in clip.windows:
         copies = []
         for codec, png in w.copies.items():  # copies first: the window's own file completes it
             rel = item.rel_out(w.index, codec)
             atomic_write_bytes(out / rel, png, durable=False)
-            copies.append({"codec": codec, "path": rel, "out_fp": _stat(out / rel)})
+            copies.append({"codec": codec, "level": levels[codec], "path": rel, "out_fp": _stat(out / rel)})
         rel = item.rel_out(w.index)
         atomic_write_bytes(out / rel, w.png, durable=False)  # one sync at the end of _process
         windows.append({"window": w.index, "path": rel, "start_s": w.start_s, "end_s": w.end_s,
@@ -337,8 +341,9 @@ def _process(todo: list[ClipItem], cfg: Config, out: Path, digest: str, journal:
 
 def build_manifest(items: list[ClipItem], entries: dict[tuple[str, str], dict[str, Any]], out: Path
                    ) -> pd.DataFrame:
-    """faces.csv: a row per window in (split, Id, window) order, ``path`` as <audio.out>/<split>/<Id>_w<k>.png
-    and ``copies`` its codec copies' paths joined by ";" (empty without); a clip without windows gets one
+    """faces.csv: a row per window in (split, Id, window) order, ``path`` as <audio.out>/<split>/<Id>_w<k>.png,
+    ``copies`` its codec copies' paths joined by ";" (empty without) and ``copy_levels`` their drawn
+    compression levels as ``codec:level`` in the same order; a clip without windows gets one
     row, window -1 and no path, its status and note saying why."""
     rows = []
     for it in items:
@@ -346,12 +351,13 @@ def build_manifest(items: list[ClipItem], entries: dict[tuple[str, str], dict[st
         common = {"Id": it.id, "split": it.split, "note": e["note"], "duration_s": e["duration_s"],
                   "src_rate": e["src_rate"], "src_channels": e["src_channels"], "settings_hash": e["hash"]}
         if not e["windows"]:
-            rows.append({**common, "window": -1, "status": e["status"], "path": "", "copies": "",
+            rows.append({**common, "window": -1, "status": e["status"], "path": "", "copies": "", "copy_levels": "",
                          "start_s": None, "end_s": None})
         for w in e["windows"]:
             copies = ";".join(str(out / c["path"]) for c in w.get("copies", []))
+            levels = ";".join(f"{c['codec']}:{c.get('level', '')}" for c in w.get("copies", []))
             rows.append({**common, "window": w["window"], "status": "window", "path": str(out / w["path"]),
-                         "copies": copies, "start_s": w["start_s"], "end_s": w["end_s"]})
+                         "copies": copies, "copy_levels": levels, "start_s": w["start_s"], "end_s": w["end_s"]})
     frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     for col in ("window", "src_rate", "src_channels"):
         frame[col] = frame[col].astype("Int64")

@@ -280,9 +280,13 @@ def test_codec_copies_of_train_windows_only_at_the_same_positions(tmp_path: Path
     for copy in first["copies"].iloc[0].split(";"):
         pixels = read_image(copy).pixels.astype(float)
         assert 0 < np.abs(pixels - own).mean() < np.abs(pixels - other).mean(), copy
-    # The levels come from (seed, Id, codec): the same for every run, different between clips.
+    # The levels come from (seed, Id, codec): the same for every run, different between clips; each
+    # window row records the level its copies were made at.
     assert codec_plan(cfg, "train", "tr00") == codec_plan(cfg, "train", "tr00") != codec_plan(cfg, "train", "tr01")
     assert codec_plan(cfg, "test", "te00") == ()
+    for ident, levels in zip(train["Id"], train["copy_levels"]):
+        assert levels == ";".join(f"{c}:{v}" for c, v in codec_plan(cfg, "train", ident))
+    assert (test["copy_levels"] == "").all()
     # A lost copy is a lost output: only that clip is redone, and the copy is back.
     lost = Path(first["copies"].iloc[1].split(";")[1])
     lost.unlink()
@@ -291,10 +295,30 @@ def test_codec_copies_of_train_windows_only_at_the_same_positions(tmp_path: Path
     before = settings_hash(cfg)
     cfg.audio.codec_level = [0.1, 0.2]
     assert settings_hash(cfg) != before
+    # The seed draws the levels: another seed is another stage 1, never the first seed's copies.
+    seeded = settings_hash(cfg)
+    cfg.run.seed += 1
+    assert settings_hash(cfg) != seeded
     cfg.audio.codec_copies = []
     plain = settings_hash(cfg)
     cfg.audio.codec_level = [0.3, 0.4]
-    assert settings_hash(cfg) == plain
+    cfg.run.seed += 1
+    assert settings_hash(cfg) == plain  # without copies neither the levels nor the seed matter
+
+
+def test_a_short_codec_decode_is_never_padded_into_a_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decoder that returns less than was encoded: the missing end must not become digital silence
+    in a training copy. The round trip refuses it; stage 1 then records the lost copy in the note."""
+    import deepfake_pipeline.audio as audio_module
+    from deepfake_pipeline.audio import CodecError
+
+    x = speechlike(16000, 2.0, 3)
+    real_read = audio_module.sf.read
+    monkeypatch.setattr(audio_module.sf, "read", lambda *a, **k: (lambda y, r: (y[: len(y) - 999], r))(
+        *real_read(*a, **k)))
+    with pytest.raises(CodecError, match=f"{len(x) - 999} of {len(x)} samples"):
+        codec_roundtrip(x, 16000, "mp3", 0.99)
+    assert issubclass(CodecError, RuntimeError)  # what render_clip turns into "no <codec> copy: ..."
 
 
 def test_a_codec_that_cannot_be_written_stops_early_and_a_failing_encode_costs_only_the_copies(
