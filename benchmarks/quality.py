@@ -588,15 +588,17 @@ def audio_baseline(plan: Plan) -> dict[str, dict[str, float | None]]:
 
 
 def mine_diamonds(plan: Plan, source: Path) -> dict[str, Any]:
-    """``make_diamonds.py --run SOURCE --config CONFIG``: this run's diamonds section, the source's models;
+    """``make_diamonds.py --run SOURCE --config CONFIG``: this run's diamonds section (its ``--set
+    diamonds.*`` included), the source's models as trained (none of this run's other overrides);
     scored against the test labels for the row (never shown to the pipeline)."""
     from deepfake_pipeline.diamonds import run_diamonds
 
     if not (source / "threshold.json").is_file():
         raise QualityError(f"--diamonds-from: {source} is not a finished run of this scratch folder")
     start = time.perf_counter()
-    summary = run_diamonds(source, config=plan.config, overrides=[*plan.user_sets, f"run.name={plan.tag}"],
-                           out=plan.run_dir / "diamonds.csv")
+    # Round 1's models as trained: of this run's overrides only its diamonds settings apply to mining.
+    mining_sets = [s for s in plan.user_sets if s.split("=", 1)[0].strip().startswith("diamonds.")]
+    summary = run_diamonds(source, config=plan.config, overrides=mining_sets, out=plan.run_dir / "diamonds.csv")
     mined = pd.read_csv(plan.run_dir / "diamonds.csv", dtype={"Id": str}).query("is_pseudo == 1")
     truth = pd.read_csv(plan.dataset / "test_solution.csv", dtype={"Id": str}).set_index("Id")["target_feature"]
     correct = int((mined["target_feature"].to_numpy() == truth.loc[mined["Id"]].to_numpy()).sum())

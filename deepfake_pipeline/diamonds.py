@@ -32,12 +32,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .artifacts import RunPaths, load_faces, per_id, usable_faces
+from .artifacts import RunPaths, load_faces, per_id, stage1_hash, usable_faces
 from .config import Config, DiamondsConfig, stage_hash
 from .dataset import load_layout
 from .errors import ConfigError, PipelineError
 from .images import save_csv
 from .trained import (
+    check_test_stage1,
     ensemble_logits,
     finished_folds,
     inference_runtime,
@@ -183,6 +184,7 @@ def mine(run_cfg: Config, paths: RunPaths, dcfg: DiamondsConfig, out: Path, conf
                     int(overlap.sum()), faces.loc[overlap, "Id"].iloc[0])
         faces = faces[~overlap]
     faces = faces.reset_index(drop=True)
+    check_test_stage1(run_cfg, paths, folds, faces, "diamonds")
     if faces["Id"].nunique() < len(test_ids):
         log.warning("diamonds: %d test input(s) have no stage-1 image and cannot be mined",
                     len(test_ids) - faces["Id"].nunique())
@@ -240,10 +242,23 @@ def mine(run_cfg: Config, paths: RunPaths, dcfg: DiamondsConfig, out: Path, conf
 
 def run_diamonds(run_dir: str | Path, config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
                  out: str | Path = "data/train_diamond.csv", allow_empty: bool = False) -> DiamondSummary:
-    """``make_diamonds.py``: the models come from the run's saved config (plus ``overrides``); the
-    ``diamonds`` section and the runtime settings from ``config`` (default: that same saved config)."""
+    """``make_diamonds.py``: the models come from the run's saved config; the ``diamonds`` section and
+    the runtime settings from ``config`` (default: that same saved config) with ``overrides``.
+
+    Overrides may move the run (``data.root``, ``align.out``) or set how it runs, never change what the
+    run's models are: one that changes the saved config's stage-1 or fine-tuning settings hash (a
+    next round's ``--set model.channels=...``, say) is refused, as mining with it would predict with
+    other models than were trained."""
     run_dir = Path(run_dir)
     run_cfg = load_run_config(run_dir, overrides)
+    saved = load_run_config(run_dir)
+    changed = [name for name, (a, b) in {
+        "stage-1": (stage1_hash(run_cfg), stage1_hash(saved)),
+        "fine-tuning": (stage_hash(run_cfg, ["model", "finetune"]), stage_hash(saved, ["model", "finetune"])),
+    }.items() if a != b]
+    if changed:
+        raise ConfigError(f"--set {' '.join(overrides)}: changes the {' and '.join(changed)} settings of the run "
+                          f"{run_dir} was trained with; diamonds are mined with the run's own models")
     current = load_run_config(run_dir, overrides, config) if config is not None else run_cfg
     for name in _RUNTIME_FIELDS:
         setattr(run_cfg.run, name, getattr(current.run, name))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -128,8 +129,14 @@ def test_make_diamonds_end_to_end(tiny_run: dict, tmp_path: Path) -> None:
     pseudo = frame[frame["is_pseudo"] == 1]
     assert not set(pseudo["Id"]) & set(labels["Id"]), "diamonds never include train Ids"
     assert set(pseudo["Id"]) <= set(tiny_run["test_ids"]) - {clash}
-    assert set(pseudo["fold"]) == {0, 1}  # per fold: each fold model mines for its own fold
-    for k in (0, 1):
+    # Per fold: each fold model mines for its own fold. A 1-epoch fold that ranks its validation faces no
+    # better than chance is calibrated flat: one probability (its validation base rate) for every face.
+    flat = {k for k in (0, 1)
+            if json.loads((tiny_run["run"] / f"fold{k}" / "calibration.json").read_text())["fits"][-1]["flat"]}
+    assert flat != {0, 1} and set(pseudo["fold"]) >= {0, 1} - flat
+    for k in flat:
+        assert pseudo.loc[pseudo["fold"] == k, "prob"].nunique() <= 1
+    for k in {0, 1} - flat:
         mined = pseudo[pseudo["fold"] == k]
         assert len(mined) >= len(tiny_run["test_ids"]) - 3  # all but the clash (and a rare p within 1e-7 of 0.5)
         assert ((mined["prob"] > 0.5) == (mined["target_feature"] == 1)).all()
@@ -178,6 +185,16 @@ def test_nothing_mined_fails_loudly_and_writes_nothing(tiny_run: dict, tmp_path:
                     "--set", "diamonds.high=1.0", "--set", "diamonds.low=0.0"])
     assert proc.returncode == 0 and "no diamonds" in proc.stderr
     assert (pd.read_csv(out)["is_pseudo"] == 0).all()
+
+
+def test_overrides_never_change_the_models_that_mine(tiny_run: dict, tmp_path: Path) -> None:
+    """--set may move the run or tune the mining; one that changes what the run's models are (here the
+    input channels) would mine with other models than were trained: refused before any prediction."""
+    from deepfake_pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fine-tuning settings"):
+        run_diamonds(tiny_run["run"], overrides=["model.channels=[rgb]"], out=tmp_path / "d.csv")
+    assert not (tmp_path / "d.csv").exists()
 
 
 def test_refuses_without_finished_folds(tiny_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
