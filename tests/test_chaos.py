@@ -8,6 +8,7 @@ marked ``chaos`` (``make chaos`` runs it alone; ``make test`` runs it too).
 from __future__ import annotations
 
 import errno
+import json
 import shutil
 import signal
 import subprocess
@@ -75,7 +76,11 @@ def test_diamonds_killed_then_rerun(finished: Path, tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     table = pd.read_csv(out, dtype={"Id": str})
     assert not table.duplicated(["Id", "is_pseudo", "fold"]).any()  # per-fold diamonds: an Id once per fold
-    assert set(table.loc[table["is_pseudo"] == 1, "fold"]) == {0, 1}
+    # Every fold mined, except one calibrated flat (no better than chance on its validation faces: one
+    # probability for every face, which thresholds 0.51/0.49 may keep out).
+    run = tmp_path / "runs" / "t"
+    flat = {k for k in (0, 1) if json.loads((run / f"fold{k}" / "calibration.json").read_text())["fits"][-1]["flat"]}
+    assert flat != {0, 1} and set(table.loc[table["is_pseudo"] == 1, "fold"]) >= {0, 1} - flat
 
 
 def test_disk_full_during_checkpoint_keeps_last_good(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
