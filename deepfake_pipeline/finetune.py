@@ -163,7 +163,8 @@ def check_groups(folds: pd.DataFrame, labels: pd.DataFrame, source: str) -> None
 def _init_backbone(model: DeepfakeClassifier, cfg: Config, paths: RunPaths) -> None:
     init = cfg.finetune.init
     if init == "scratch" or init == "pretrained":
-        log.info("finetune: backbone initialised from %s", "scratch" if init == "scratch" else "timm weights")
+        source = "scratch" if init == "scratch" else (cfg.model.weights or "timm's pretrained weights")
+        log.info("finetune: backbone initialised from %s", source)
         return
     encoder = Path(cfg.finetune.ssl_encoder) if cfg.finetune.ssl_encoder else paths.encoder
     if not encoder.is_file():
@@ -272,6 +273,7 @@ def train_fold(
     # ImageNet weights only for init=pretrained (for ssl/scratch they would be fetched and overwritten).
     model = build_classifier(dataclasses.replace(cfg.model, pretrained=cfg.finetune.init == "pretrained"))
     _init_backbone(model, cfg, paths)
+    model.freeze_bn = cfg.finetune.freeze_bn
     augment = augment_for(cfg, cfg.finetune.aug).to(runtime.device)
     fit = input_fit(cfg.model)
     # Self-Blended Images (finetune.aug.sbi > 0) on the whole aligned faces (the landmarks are theirs),

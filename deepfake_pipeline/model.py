@@ -1,5 +1,5 @@
-"""timm ConvNeXt (V2) backbone behind the forensic input stem, the binary classifier, and helpers
-to move the SSL encoder into the classifier and to build AdamW parameter groups.
+"""timm backbone (ConvNeXt V2, or EfficientNet-Lite) behind the forensic input stem, the binary
+classifier, and helpers to move the SSL encoder into the classifier and to build AdamW parameter groups.
 
 Backbone state dicts are the timm model's own keys (``stem.0.weight``, ``stages.1.blocks.0...``,
 ``head.norm.weight``), identical in :class:`DeepfakeClassifier` and :class:`~.simmim.SimMIM`, so an
@@ -8,6 +8,7 @@ SSL encoder saved with :func:`backbone_state_dict` loads 1:1 into the classifier
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,34 +19,49 @@ import timm
 import torch
 from torch import Tensor, nn
 
+from . import weights
 from .config import ModelConfig
 from .errors import CheckpointError, ConfigError
 from .features import ForensicInput
 
+log = logging.getLogger(__name__)
+
 _SHOWN = 5  # keys named per category in error messages
 
 
-def _check_backbone_name(name: str) -> None:
+FAMILIES = ("convnext", "efficientnet_lite")  # timm architecture prefixes the pipeline supports
+
+
+def family(name: str) -> str:
+    """``convnext`` or ``efficientnet_lite``: the backbone family of a timm model name."""
     arch = name.split(".", 1)[0]
-    if not arch.startswith("convnext") or not timm.is_model(name):
-        known = ", ".join(timm.list_models("convnext*"))
-        raise ConfigError(f"model.backbone: {name!r} is not a supported timm ConvNeXt model ({known})")
+    for prefix in FAMILIES:
+        if arch.startswith(prefix) and timm.is_model(name):
+            return prefix
+    known = ", ".join(timm.list_models("convnext*") + timm.list_models("efficientnet_lite*"))
+    raise ConfigError(f"model.backbone: {name!r} is not a supported timm ConvNeXt or EfficientNet-Lite model ({known})")
+
+
+def _check_backbone_name(name: str) -> None:
+    family(name)
 
 
 def default_depths(name: str) -> list[int]:
     """Blocks per stage of a timm ConvNeXt variant, read from a meta-device instance (no memory)."""
-    _check_backbone_name(name)
+    if family(name) != "convnext":
+        raise ConfigError(f"model.depths: only ConvNeXt depths can be set, not {name}'s")
     with torch.device("meta"):
         ref = timm.create_model(name, pretrained=False, num_classes=0)
     return [len(stage.blocks) for stage in ref.stages]
 
 
 def build_backbone(cfg: ModelConfig, in_chans: int, pretrained_file: str | Path | None = None) -> nn.Module:
-    """timm ConvNeXt with ``num_classes=0`` (forward gives pooled, head-normed features).
+    """timm backbone with ``num_classes=0`` (forward gives pooled features).
 
-    ``cfg.depths`` is passed through timm to the ConvNeXt constructor. With ``cfg.pretrained``
-    timm adapts the stem conv to ``in_chans``; ``pretrained_file`` loads the weights from a local
-    file instead of the Hugging Face hub (offline machines).
+    ``cfg.depths`` is passed through timm to the ConvNeXt constructor. With ``cfg.pretrained``:
+    ``cfg.weights`` (an installed package or a file, :mod:`.weights`) when set, else timm's own RGB
+    weights (the Hugging Face hub, or ``pretrained_file`` on offline machines). Either way the stem
+    is widened to ``in_chans`` with zeros for the added channels: the pretrained function at step 0.
     """
     _check_backbone_name(cfg.backbone)
     if pretrained_file is None:
@@ -64,40 +80,65 @@ def build_backbone(cfg: ModelConfig, in_chans: int, pretrained_file: str | Path 
                 "set model.pretrained=false or drop model.depths"
             )
         kwargs["depths"] = tuple(depths)
+    if cfg.pretrained and cfg.weights:
+        if pretrained_file is not None:
+            raise ConfigError("model.weights and model.pretrained_file both name pretrained weights: keep one")
+        backbone = timm.create_model(cfg.backbone, pretrained=False, in_chans=in_chans, num_classes=0,
+                                     drop_path_rate=cfg.drop_path, **kwargs)
+        loaded = weights.load_into(backbone, cfg.weights, cfg.channels, cfg.backbone.split(".", 1)[0])
+        log.info("backbone %s: %d pretrained tensors from %s", cfg.backbone, loaded, cfg.weights)
+        return backbone
     if pretrained_file is not None:
         if not cfg.pretrained:
             raise ConfigError("a pretrained weights file was given but model.pretrained is false")
         if not Path(pretrained_file).is_file():
             raise CheckpointError(f"pretrained weights file not found: {pretrained_file}")
         kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained_file)}
-    create = dict(
-        pretrained=cfg.pretrained, in_chans=in_chans, num_classes=0, drop_path_rate=cfg.drop_path, **kwargs
-    )
+    create = dict(in_chans=in_chans, num_classes=0, drop_path_rate=cfg.drop_path, **kwargs)
+    backbone = timm.create_model(cfg.backbone, pretrained=False, **create)
     if not cfg.pretrained:
-        return timm.create_model(cfg.backbone, **create)
-    try:
-        return timm.create_model(cfg.backbone, **create)
+        return backbone
+    try:  # timm's RGB weights (hub or file); the stem is widened here, not by timm (see weights.widen_stem)
+        rgb = timm.create_model(cfg.backbone, pretrained=True, **{**create, "in_chans": 3})
     except Exception as exc:  # network, cache and state-dict errors all mean "no pretrained weights"
         raise CheckpointError(
             f"could not load pretrained weights for {cfg.backbone}: {type(exc).__name__}: {exc} "
             "(no internet? give a local weights file or set model.pretrained=false)"
         ) from exc
+    state = rgb.state_dict()
+    stem_key = f"{backbone.pretrained_cfg['first_conv']}.weight"
+    state[stem_key] = weights.widen_stem(state[stem_key], cfg.channels)
+    backbone.load_state_dict(state, strict=True)
+    return backbone
+
+
+def forensic_input(cfg: ModelConfig) -> ForensicInput:
+    """The forensic channels, with the RGB normalisation of ``cfg.weights`` (ImageNet's without)."""
+    mean, std = weights.input_norm(cfg.weights)
+    return ForensicInput(cfg.channels, mean=mean, std=std)
 
 
 class DeepfakeClassifier(nn.Module):
-    """forensic channels -> ConvNeXt pooled features -> dropout -> linear: one logit per image.
+    """forensic channels -> backbone pooled features -> dropout -> linear: one logit per image.
 
-    ``cfg.pool`` global: timm's own head (mean over the feature map, LayerNorm). time: the mean over
-    columns only, the same LayerNorm per row, rows concatenated: the linear head has one weight set
-    per band of ``img_size / 32`` input rows (a spectrogram's frequency bands).
+    ``cfg.pool`` global: timm's own head (ConvNeXt: mean over the feature map, LayerNorm). time
+    (ConvNeXt only): the mean over columns only, the same LayerNorm per row, rows concatenated: the
+    linear head has one weight set per band of ``img_size / 32`` input rows (a spectrogram's
+    frequency bands).
+
+    ``freeze_bn``: BatchNorm layers stay in eval mode in training (their running statistics keep the
+    pretrained values; their affine weights still learn): small CPU batches give noisy statistics.
     """
 
     def __init__(self, cfg: ModelConfig, pretrained_file: str | Path | None = None) -> None:
         super().__init__()
-        self.forensic = ForensicInput(cfg.channels)
+        self.forensic = forensic_input(cfg)
         self.backbone = build_backbone(cfg, self.forensic.out_channels, pretrained_file)
         self.pool = cfg.pool
         self.rows = 1
+        self.freeze_bn = False
+        if cfg.pool == "time" and family(cfg.backbone) != "convnext":
+            raise ConfigError(f"model.pool time: needs a ConvNeXt backbone, not {cfg.backbone}")
         if cfg.pool == "time":
             reduction = int(self.backbone.feature_info[-1]["reduction"])
             if cfg.img_size % reduction:
@@ -107,6 +148,14 @@ class DeepfakeClassifier(nn.Module):
             raise ConfigError(f"model.pool: {cfg.pool!r} is not one of global, time")
         self.num_features: int = self.backbone.num_features * self.rows
         self.head = nn.Sequential(nn.Dropout(cfg.head_dropout), nn.Linear(self.num_features, 1))
+
+    def train(self, mode: bool = True) -> DeepfakeClassifier:
+        super().train(mode)
+        if mode and self.freeze_bn:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Pooled backbone features (B, num_features) of an RGB batch in [0, 1]."""
@@ -214,7 +263,8 @@ def _layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
     then every block in order (a stage's downsample goes with its first block), then the head."""
     backbone = getattr(model, "backbone", None)
     if backbone is None or not hasattr(backbone, "stages"):
-        raise ValueError("layer-wise LR decay needs a model with a timm ConvNeXt `backbone`")
+        raise ConfigError("optim.layer_decay: layer-wise LR decay needs a ConvNeXt backbone "
+                          "(EfficientNet-Lite: use optim.backbone_lr_scale)")
     offsets, total = [], 0
     for stage in backbone.stages:
         offsets.append(total)
@@ -245,31 +295,37 @@ def param_groups(
     weight_decay: float,
     layer_decay: float | None = None,
     base_lr: float | None = None,
+    backbone_lr_scale: float = 1.0,
 ) -> list[dict[str, Any]]:
     """AdamW parameter groups: decay / no-decay, optionally split per layer with an ``lr_scale``.
 
-    Every group has ``lr_scale`` (1.0 without layer decay; ``layer_decay ** (last - layer)`` with it)
-    for the scheduler to multiply its LR by, and ``group_name``; ``lr`` is set when ``base_lr`` is.
-    Frozen parameters (requires_grad False) are left out.
+    Every group has ``lr_scale`` for the scheduler to multiply its LR by: 1.0, times
+    ``layer_decay ** (last - layer)`` with layer decay, times ``backbone_lr_scale`` for the backbone's
+    parameters (a pretrained backbone learns slower than the new head); and ``group_name``. ``lr`` is
+    set when ``base_lr`` is. Frozen parameters (requires_grad False) are left out.
     """
     if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
         raise ConfigError(f"optim.layer_decay: must be in (0, 1], got {layer_decay}")
+    if not 0.0 < backbone_lr_scale <= 1.0:
+        raise ConfigError(f"optim.backbone_lr_scale: must be in (0, 1], got {backbone_lr_scale}")
     ids, last = _layer_ids(model) if layer_decay is not None else ({}, 0)
-    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    groups: dict[tuple[int, bool, bool], dict[str, Any]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         no_decay = is_no_decay(name, param)
         layer = ids.get(name, 0)
-        key = (layer, no_decay)
+        in_backbone = backbone_lr_scale != 1.0 and name.startswith("backbone.")
+        key = (layer, no_decay, in_backbone)
         if key not in groups:
             scale = layer_decay ** (last - layer) if layer_decay is not None else 1.0
+            scale *= backbone_lr_scale if in_backbone else 1.0
             groups[key] = {
                 "params": [],
                 "weight_decay": 0.0 if no_decay else weight_decay,
                 "lr_scale": scale,
                 "group_name": ("no_decay" if no_decay else "decay")
-                + (f"_layer{layer}" if layer_decay is not None else ""),
+                + (f"_layer{layer}" if layer_decay is not None else "") + ("_backbone" if in_backbone else ""),
             }
             if base_lr is not None:
                 groups[key]["lr"] = base_lr * scale

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from .config import ModelConfig, SSLConfig
 from .errors import ConfigError
 from .features import ForensicInput
-from .model import backbone_state_dict, build_backbone
+from .model import backbone_state_dict, build_backbone, family, forensic_input
 
 
 def generate_masks(
@@ -91,7 +91,10 @@ class SimMIM(nn.Module):
         pretrained_file: str | Path | None = None,
     ) -> None:
         super().__init__()
-        self.forensic = ForensicInput(cfg.channels)
+        if family(cfg.backbone) != "convnext":
+            raise ConfigError(f"SimMIM (ssl.enabled, finetune.init ssl) needs a ConvNeXt backbone, not {cfg.backbone}: "
+                              "set ssl.enabled=false and finetune.init=pretrained or scratch")
+        self.forensic = forensic_input(cfg)
         self.in_chans = self.forensic.out_channels
         self.backbone = build_backbone(cfg, self.in_chans, pretrained_file)
         self.stride: int = self.backbone.feature_info[-1]["reduction"]

@@ -82,8 +82,10 @@ def test_pretrained_from_a_local_file_adapts_the_stem(tmp_path: Path) -> None:
     path = tmp_path / "atto.safetensors"
     save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
     backbone = build_backbone(tiny(pretrained=True), 9, pretrained_file=path)
-    # timm repeats the RGB filters over the 9 channels, scaled by 3/9
-    assert torch.allclose(backbone.stem[0].weight[:, 3:6] * 3, src.stem[0].weight, atol=1e-6)
+    # The RGB filters as trained, zeros for the fft and srm channels (timm's own adaptation would
+    # spread them over all 9 channels at 3/9 and change the pretrained function).
+    assert torch.equal(backbone.stem[0].weight[:, :3], src.stem[0].weight)
+    assert not backbone.stem[0].weight[:, 3:].any()
     assert torch.equal(backbone.stages[2].blocks[5].mlp.grn.weight, src.stages[2].blocks[5].mlp.grn.weight)
     with pytest.raises(CheckpointError, match="not found"):
         build_backbone(tiny(pretrained=True), 9, pretrained_file=tmp_path / "missing.safetensors")
