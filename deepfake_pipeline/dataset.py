@@ -190,6 +190,8 @@ def load_layout(cfg: DataConfig, check_images: bool = True, group_column: str | 
     train = labels.copy()
     train["path"] = [str(train_images[i]) for i in train["Id"]]
     train["target"] = train["target"].astype(int)
+    if cfg.extra_roots or not cfg.train_root:
+        train = _merge_extra_roots(train if cfg.train_root else train.iloc[:0], cfg, group_column, extensions)
     test = pd.DataFrame({"Id": list(test_images), "path": [str(p) for p in test_images.values()]})
     if check_images:
         header = _audio_header if cfg.modality == "audio" else lambda p: image_header(p, cfg.max_pixels)
@@ -204,6 +206,50 @@ def load_layout(cfg: DataConfig, check_images: bool = True, group_column: str | 
     if len(warnings) > 20:
         log.warning("... %d more data warnings", len(warnings) - 20)
     return Layout(root, Split("train", train.reset_index(drop=True)), Split("test", test), warnings)
+
+
+def _merge_extra_roots(train: pd.DataFrame, cfg: DataConfig, group_column: str | None,
+                       extensions: set[str]) -> pd.DataFrame:
+    """``train`` (data.root's labelled rows, or none) plus every ``data.extra_roots`` train split.
+
+    Extra Ids and groups get the prefix ``<folder name>__`` so that two sets never share an Id or a
+    group; a set without the group column gets one group per row. Column ``source`` names each
+    row's set.
+    """
+    parts = [train.assign(source=Path(cfg.root).name)]
+    names = {Path(cfg.root).name}
+    train_dir, _ = split_dirs(cfg)
+    for extra in cfg.extra_roots:
+        root = Path(extra)
+        name = root.name
+        if name in names:
+            raise DataValidationError([f"data.extra_roots: two sets named {name!r} (folder names must differ)"])
+        names.add(name)
+        if not root.is_dir():
+            raise DataValidationError([f"data.extra_roots: {root} not found"])
+        images, errors, _ = list_images(root / train_dir, extensions)
+        labels, more = read_labels(root / cfg.labels_csv, None, extensions)
+        errors += more + [f"{root / cfg.labels_csv}: Id {i!r} has no file in {train_dir}/"
+                          for i in labels["Id"] if i not in images][:20]
+        if errors:
+            raise DataValidationError(errors)
+        frame = labels.assign(path=[str(images[i]) for i in labels["Id"]], target=labels["target"].astype(int))
+        if group_column:
+            grouped, _ = read_labels(root / cfg.labels_csv, group_column, extensions)
+            groups = grouped["group"] if "group" in grouped else frame["Id"]
+            if "group" not in grouped:
+                log.warning("data.extra_roots: %s has no %r column: one group per row", root, group_column)
+            frame["group"] = [f"{name}__{g}" for g in groups]
+        frame["Id"] = [f"{name}__{i}" for i in frame["Id"]]
+        parts.append(frame.assign(source=name))
+        log.info("data.extra_roots: %d labelled rows from %s (%d fake)", len(frame), root, int(frame["target"].sum()))
+    merged = pd.concat(parts, ignore_index=True)
+    dup = merged["Id"][merged["Id"].duplicated()]
+    if len(dup):
+        raise DataValidationError([f"data.extra_roots: Id {dup.iloc[0]!r} occurs twice in the merged training set"])
+    if merged.empty:
+        raise DataValidationError(["data.train_root is false and data.extra_roots names no set: nothing to train on"])
+    return merged
 
 
 def _audio_header(path: str) -> object:

@@ -224,3 +224,36 @@ def test_round_two_refuses_inherited_folds_that_split_a_group(tmp_path: Path) ->
     # Without a group column there is nothing to keep together: the inherited folds are used.
     folds = _prepare(tmp_path / "plain", root, f"data.pseudo_labels={diamonds}")
     assert folds.loc[folds["is_pseudo"] == 0, "fold"].tolist() == [i % 3 for i in range(12)]
+
+
+def test_extra_roots_join_training_with_their_own_ids_and_groups(tmp_path: Path) -> None:
+    """Two sets with the same Ids and video names: merged, no Id or group may be shared (a shared
+    group would tie unrelated rows together; a shared Id would overwrite an aligned face)."""
+    main = _grouped_layout(tmp_path / "main")
+    other = _grouped_layout(tmp_path / "other")
+    plain = make_layout(tmp_path / "plain", n_train=6)  # no video column: one group per row
+    sets = (f"data.extra_roots=[{other},{plain}]", "finetune.group_column=video")
+    folds = _prepare(tmp_path, main, *sets)
+    assert len(folds) == 30 and folds["Id"].is_unique
+    assert {"tr0", "other__tr0", "plain__tr0"} <= set(folds["Id"])
+    assert (folds.groupby("group")["fold"].nunique() == 1).all()
+    assert folds["group"].nunique() == 6 + 6 + 6
+    layout = load_layout(DataConfig(root=str(main), extra_roots=[str(other)]), group_column="video")
+    frame = layout.train.frame.set_index("Id")
+    assert Path(frame.loc["other__tr3", "path"]) == other / "train_images" / "tr3.jpg"
+    assert frame.loc["other__tr3", "source"] == "other" and frame.loc["tr3", "source"] == "main"
+    assert len(layout.test.frame) == 4  # the test set is data.root's alone
+
+
+def test_leave_one_dataset_out_trains_on_the_extra_roots_only(tmp_path: Path) -> None:
+    main, other = make_layout(tmp_path / "main"), make_layout(tmp_path / "other", n_train=8)
+    layout = load_layout(DataConfig(root=str(main), extra_roots=[str(other)], train_root=False))
+    assert set(layout.train.frame["source"]) == {"other"} and len(layout.train.frame) == 8
+    assert list(layout.test.frame["Id"]) == ["te0", "te1", "te2"]
+    with pytest.raises(DataValidationError, match="nothing to train on"):
+        load_layout(DataConfig(root=str(main), train_root=False))
+    with pytest.raises(DataValidationError, match="two sets named 'main'"):
+        load_layout(DataConfig(root=str(main), extra_roots=[str(make_layout(tmp_path / "x" / "main"))]))
+    (other / "train_images" / "tr7.jpg").unlink()
+    with pytest.raises(DataValidationError, match="'tr7' has no file"):
+        load_layout(DataConfig(root=str(main), extra_roots=[str(other)]))
