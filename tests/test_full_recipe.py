@@ -1,6 +1,7 @@
 """The shipped recipe, configs/default.yaml, as a GPU user runs it, here on the CPU and tiny data.
 
-Only the data paths, the run directory and the step counts are overridden: convnextv2_tiny with
+Only the data paths, the run directory and the step counts are overridden, and the hub weights the
+recipe starts from (no network here; loading them is tested in test_model.py with a local file): convnextv2_tiny with
 rgb+fft+srm on native 512 px faces (448 px windows), SimMIM (one step), fold 0 of the 5 (two optimizer
 steps, killed after the first and resumed from last.pt), its out-of-fold calibration, prediction
 with the recipe's TTA views (safe_inference.py, which answers from the finished folds), and the ONNX
@@ -31,7 +32,8 @@ def test_default_recipe_end_to_end_at_512(tmp_path: Path) -> None:
     generate(data, n=16, test_share=0.25, size=512, seed=11)  # 12 train (6 + 6), 4 test
     run = tmp_path / "run"
     sets = [f"data.root={data}", f"align.out={tmp_path / 'faces'}", f"run.dir={run}", "run.name=full",
-            "ssl.epochs=1", "finetune.epochs=2", "finetune.run_folds=[0]"]
+            "ssl.epochs=1", "finetune.epochs=2", "finetune.run_folds=[0]",
+            "model.pretrained=false"]  # the recipe starts from timm's hub weights: no network here
     args = ["--config", str(REPO / "configs/default.yaml")] + [a for s in sets for a in ("--set", s)]
     cfg = load_config(REPO / "configs/default.yaml", sets)
     # The recipe as shipped: nothing else was changed.
