@@ -1,0 +1,71 @@
+"""Fine-tuning and inference images/s of the classifier per backbone and input size, side by side.
+
+The model the fine-tuning stage builds (``model.build_classifier``: forensic channels, backbone, head;
+frozen BatchNorm as ``finetune.freeze_bn``), AdamW, BCE; random batches, no loader. One warm-up step,
+then the mean of ``--steps`` steps. For choosing ``model.img_size`` and the backbone on a CPU: read
+the ratios, not the absolute figures (a shared CPU varies from run to run).
+
+    python benchmarks/backbone_speed.py --backbones efficientnet_lite0,convnextv2_atto --sizes 128,160,224
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from deepfake_pipeline.config import load_config  # noqa: E402
+from deepfake_pipeline.model import build_classifier  # noqa: E402
+
+
+def images_per_s(backbone: str, size: int, batch: int, steps: int) -> tuple[float, float]:
+    cfg = load_config(None, ["run.name=speed", f"model.backbone={backbone}", "ssl.enabled=false",
+                             "finetune.init=scratch", f"model.img_size={size}"])
+    model = build_classifier(cfg.model)
+    model.freeze_bn = True
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x, y = torch.rand(batch, 3, size, size), torch.randint(0, 2, (batch,)).float()
+    for step in range(steps + 1):
+        if step == 1:
+            start = time.perf_counter()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    train = batch * steps / (time.perf_counter() - start)
+    model.eval()
+    with torch.no_grad():
+        model(x)
+        start = time.perf_counter()
+        for _ in range(steps):
+            model(x)
+    return train, batch * steps / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backbones", default="efficientnet_lite0,convnextv2_atto")
+    p.add_argument("--sizes", default="128,160,224")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print("| backbone | px | train img/s | inference img/s |\n|---|---|---|---|")
+    for backbone in args.backbones.split(","):
+        for size in (int(s) for s in args.sizes.split(",")):
+            train, infer = images_per_s(backbone, size, args.batch, args.steps)
+            print(f"| {backbone} | {size} | {train:.1f} | {infer:.1f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
