@@ -117,7 +117,8 @@ def end_to_end(sizes: Sizes, work: Path, limit_s: float, log: list[str]) -> dict
     """configs/default.yaml on synthetic faces: align, SSL 1 epoch, fold 0 for 1 epoch, safe_inference."""
     data, run = work / "e2e_data", work / "e2e_run"
     sets = [f"data.root={data}", f"align.out={work / 'e2e_faces'}", f"run.dir={run}", "run.name=gpu_check",
-            "ssl.epochs=1", "finetune.epochs=1", "finetune.run_folds=[0]", "run.progress=false"]
+            "ssl.epochs=1", "finetune.epochs=1", "finetune.run_folds=[0]", "run.progress=false",
+            "model.pretrained=false"]  # the recipe starts from timm's hub weights: the GPU machine has no network
     if sizes.device == "cpu":
         sets += [f"model.backbone={sizes.backbone}", f"model.img_size={sizes.size}", f"align.size={sizes.size}",
                  "run.device=cpu", "align.device=cpu", "run.workers=0", "align.workers=0"]
