@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -95,29 +96,35 @@ def _fit(x: np.ndarray, y: np.ndarray, c: float, seed: int):  # noqa: ANN202 (a 
     return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000, random_state=seed)).fit(x, y)
 
 
-def fit_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, seed: int = 0) -> np.ndarray:
-    """P(fake) of test_x: standardise + logistic regression with C from :func:`choose_c`, its logits
-    Platt-calibrated on the inner out-of-fold logits. A strong L2 shrinks logits to a narrow band
+def fit(train_x: np.ndarray, train_y: np.ndarray, seed: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    """P(fake) of any feature rows: standardise + logistic regression with C from :func:`choose_c`, its
+    logits Platt-calibrated on the inner out-of-fold logits. A strong L2 shrinks logits to a narrow band
     whose offset differs from model to model: without the calibration, pooling several folds'
     predictions (the OOF AUC) would mostly measure those offsets."""
     from sklearn.linear_model import LogisticRegression
 
     c, inner_logits = choose_c(train_x, train_y, seed)
-    logits = _fit(train_x, train_y, c, seed).decision_function(test_x)
+    model = _fit(train_x, train_y, c, seed)
     platt = LogisticRegression(C=1e6, max_iter=1000).fit(inner_logits[:, None], train_y)
-    return platt.predict_proba(logits[:, None])[:, 1]
+    return lambda x: platt.predict_proba(model.decision_function(x)[:, None])[:, 1]
+
+
+def fit_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, seed: int = 0) -> np.ndarray:
+    return fit(train_x, train_y, seed)(test_x)
 
 
 def oof_and_test(train_x: np.ndarray, y: np.ndarray, folds: np.ndarray | None,
-                 test_x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
-    """Out-of-fold P(fake) on the given folds (None without folds) and P(fake) of the test rows."""
+                 *test_sets: np.ndarray) -> tuple[np.ndarray | None, list[np.ndarray]]:
+    """Out-of-fold P(fake) on the given folds (None without folds), and P(fake) of each test set from
+    one fit on all training rows."""
     oof = None
     if folds is not None:
         oof = np.zeros(len(y), dtype=np.float64)
         for k in np.unique(folds):
             val = folds == k
             oof[val] = fit_predict(train_x[~val], y[~val], train_x[val])
-    return oof, fit_predict(train_x, y, test_x)
+    predict = fit(train_x, y)
+    return oof, [predict(x) for x in test_sets]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,8 +144,6 @@ def main(argv: list[str] | None = None) -> int:
     if model is None:
         print("the config names no model.weights: nothing to probe", file=sys.stderr)
         return 2
-    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
-
     root = Path(args.dataset)
     start = time.perf_counter()
     train = pd.read_csv(root / "train_solution.csv", dtype={"Id": str})
@@ -148,17 +153,15 @@ def main(argv: list[str] | None = None) -> int:
         files = {q.stem: str(q) for q in (root / f"{split}_images").iterdir()}
         return [files[i] for i in ids]
 
+    from deepfake_pipeline.dataset import make_folds
+
     y = train["target_feature"].to_numpy()
+    labels = pd.DataFrame({"Id": train["Id"], "target": y})
     if args.group:
-        splitter = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=cfg.run.seed)
-        parts = splitter.split(train, y, train[args.group])
-    else:
-        parts = StratifiedKFold(n_splits=5, shuffle=True, random_state=cfg.run.seed).split(train, y)
-    folds = np.zeros(len(train), dtype=int)
-    for k, (_, val) in enumerate(parts):
-        folds[val] = k
-    oof, prob = oof_and_test(features(model, paths("train", list(train["Id"]))), y, folds,
-                             features(model, paths("test", list(test["Id"]))))
+        labels["group"] = train[args.group].astype(str)
+    folds = make_folds(labels, 5, cfg.run.seed)["fold"].to_numpy()
+    oof, (prob,) = oof_and_test(features(model, paths("train", list(train["Id"]))), y, folds,
+                                features(model, paths("test", list(test["Id"]))))
     print(f"{root.name}: frozen {cfg.model.backbone} probe, raw images at {SIZE} px: "
           f"OOF AUC {binary_metrics(y, oof)['auc']:.4f}, test AUC "
           f"{binary_metrics(test['target_feature'], prob)['auc']:.4f} ({time.perf_counter() - start:.0f} s)")

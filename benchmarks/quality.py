@@ -590,6 +590,19 @@ def _raw_paths(root: Path, split: str, ids: list[str]) -> list[str]:
     return [files[i] for i in ids]
 
 
+def _input_paths(plan: Plan, kind: str, train: pd.DataFrame, test: pd.DataFrame, cross: pd.DataFrame | None
+                 ) -> tuple[list[str] | None, list[str] | None, list[str] | None]:
+    """(train, test, cross test) image paths for the baseline and the probe: stage 1's aligned faces
+    (``kind`` faces; None where a row has none) or the raw images (``raw``); cross None without it."""
+    if kind == "faces":
+        return (_aligned_paths(plan.faces, "train", list(train["Id"])),
+                _aligned_paths(plan.faces, "test", list(test["Id"])),
+                _aligned_paths(plan.cross_faces, "test", list(cross["Id"]))
+                if cross is not None and plan.cross_faces else None)
+    return (list(train["path"]), _raw_paths(plan.dataset, "test", list(test["Id"])),
+            _raw_paths(plan.cross, "test", list(cross["Id"])) if cross is not None and plan.cross else None)
+
+
 def _training_rows(plan: Plan) -> pd.DataFrame:
     """What the run trained on (Id, target_feature, raw path): data.root's labelled rows and those of
     ``data.extra_roots`` (prefixed Ids, as in stage 1's manifest), so that the baseline and the probe
@@ -622,27 +635,17 @@ def run_probe(plan: Plan) -> dict[str, Any] | None:
     y = train["target_feature"].to_numpy()
     out: dict[str, Any] = {"oof": None, "test": {}, "cross": {}}
     for kind in ("faces", "raw"):
-        if kind == "faces":
-            paths = (_aligned_paths(plan.faces, "train", list(train["Id"])),
-                     _aligned_paths(plan.faces, "test", list(test["Id"])),
-                     _aligned_paths(plan.cross_faces, "test", list(cross["Id"]))
-                     if cross is not None and plan.cross_faces else None)
-        else:
-            paths = (list(train["path"]), _raw_paths(plan.dataset, "test", list(test["Id"])),
-                     _raw_paths(plan.cross, "test", list(cross["Id"])) if cross is not None and plan.cross else None)
+        paths = _input_paths(plan, kind, train, test, cross)
         if paths[0] is None or paths[1] is None:
             out["test"][kind] = out["cross"][kind] = None
             continue
-        train_x = fpr.features(model, paths[0])
-        oof, prob = fpr.oof_and_test(train_x, y, folds.loc[train["Id"]].to_numpy() if kind == "faces" else None,
-                                     fpr.features(model, paths[1]))
+        sets = [fpr.features(model, paths[1])] + ([fpr.features(model, paths[2])] if paths[2] is not None else [])
+        oof, probs = fpr.oof_and_test(fpr.features(model, paths[0]), y,
+                                      folds.loc[train["Id"]].to_numpy() if kind == "faces" else None, *sets)
         if oof is not None:
             out["oof"] = binary_metrics(y, oof)["auc"]
-        out["test"][kind] = binary_metrics(test["target_feature"], prob)["auc"]
-        out["cross"][kind] = None
-        if paths[2] is not None and cross is not None:
-            out["cross"][kind] = binary_metrics(cross["target_feature"],
-                                                fpr.fit_predict(train_x, y, fpr.features(model, paths[2])))["auc"]
+        out["test"][kind] = binary_metrics(test["target_feature"], probs[0])["auc"]
+        out["cross"][kind] = binary_metrics(cross["target_feature"], probs[1])["auc"] if len(probs) > 1 else None
     return out
 
 
@@ -657,19 +660,12 @@ def run_baseline(plan: Plan) -> dict[str, dict[str, float | None]]:
     if plan.cfg.data.modality == "audio":  # speech: the long-term spectrum baseline, on the raw clips
         return audio_baseline(plan)
 
-    aligned, raw = _aligned_paths, _raw_paths
     train = _training_rows(plan)
     test = pd.read_csv(plan.dataset / "test_solution.csv", dtype={"Id": str})
     cross = pd.read_csv(plan.cross / "test_solution.csv", dtype={"Id": str}) if plan.cross else None
     out: dict[str, dict[str, float | None]] = {"test": {}, "cross": {}}
     for kind in ("faces", "raw"):
-        if kind == "faces":
-            paths = (aligned(plan.faces, "train", list(train["Id"])), aligned(plan.faces, "test", list(test["Id"])),
-                     aligned(plan.cross_faces, "test", list(cross["Id"])) if cross is not None and plan.cross_faces
-                     else None)
-        else:
-            paths = (list(train["path"]), raw(plan.dataset, "test", list(test["Id"])),
-                     raw(plan.cross, "test", list(cross["Id"])) if cross is not None and plan.cross else None)
+        paths = _input_paths(plan, kind, train, test, cross)
         if paths[0] is None or paths[1] is None:
             out["test"][kind] = out["cross"][kind] = None
             continue

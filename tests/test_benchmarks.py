@@ -215,7 +215,7 @@ def test_frozen_probe_calibrates_its_folds_and_finds_no_signal_in_noise() -> Non
     signal = x.copy()
     signal[:, :100] += 0.3 * y[:, None]
     folds = np.arange(200) % 5
-    oof, test = frozen_probe.oof_and_test(signal[:160], y[:160], folds[:160], signal[160:])
+    oof, (test,) = frozen_probe.oof_and_test(signal[:160], y[:160], folds[:160], signal[160:])
     assert binary_metrics(y[:160], oof)["auc"] > 0.8
     assert binary_metrics(y[160:], test)["auc"] > 0.8
     noise_oof, _ = frozen_probe.oof_and_test(x[:160], y[:160], folds[:160], x[160:])
