@@ -41,8 +41,12 @@ demo-audio: $(STAMP)
 	$(PY) plot_training_curves.py --run weights/demo_audio
 	@echo "demo-audio done: weights/demo_audio/ (submission.csv, plots/report.html)"
 
+# Two pytest workers, each test file on one of them (module fixtures built once): the tests run one
+# thread each (tests/conftest.py), so a 2-core machine runs two files at once (benchmarks/RESULTS.md,
+# "make test wall time"). TEST_WORKERS=0 runs them in this process, one after another.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 lint: $(STAMP)
 	$(PY) -m pip install --quiet ruff

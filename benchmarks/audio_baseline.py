@@ -28,8 +28,8 @@ HOP = 160
 SPEECH_DB = 40.0
 
 
-def clip_features(path: str | Path) -> np.ndarray:
-    """(2 * (N_FFT // 2 + 1),): per-bin mean and std of the log power over the speech frames."""
+def clip_samples(path: str | Path) -> np.ndarray:
+    """The clip as mono float64 at RATE."""
     import soundfile as sf
     from scipy.signal import resample_poly
 
@@ -38,6 +38,16 @@ def clip_features(path: str | Path) -> np.ndarray:
     if rate != RATE:
         g = np.gcd(int(rate), RATE)
         x = resample_poly(x, RATE // g, int(rate) // g)
+    return x
+
+
+def clip_features(path: str | Path) -> np.ndarray:
+    """(2 * (N_FFT // 2 + 1),): per-bin mean and std of the log power over the speech frames."""
+    return signal_features(clip_samples(path))
+
+
+def signal_features(x: np.ndarray) -> np.ndarray:
+    """:func:`clip_features` of samples at RATE."""
     if len(x) < N_FFT:
         x = np.pad(x, (0, N_FFT - len(x)))
     frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP] * np.hanning(N_FFT)

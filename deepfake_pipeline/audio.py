@@ -27,6 +27,8 @@ The path of one clip, in order:
 7. Codec copies (training clips, ``audio.codec_copies``): the speech span, at most
    ``audio.max_seconds``, is encoded and decoded in memory with each codec and windowed at the same
    positions, so training can read a window as an MP3 or Opus listener would have heard it.
+8. Self-made fakes (real training clips, ``audio.self_fakes``): the same speech span resynthesised
+   by each method of :mod:`.resynth`, windowed at the same positions, with codec copies of its own.
 
 This module reads files and writes none (the stage writes); with .workers it is all a worker process imports.
 The same input gives the same bytes on one machine whatever the worker count: no BLAS (einsum's
@@ -51,6 +53,7 @@ from scipy.signal import resample_poly
 from .config import AudioConfig
 from .errors import ImageReadError
 from .images import input_file_size
+from .resynth import resynthesise
 
 AUDIO_VERSION = 1  # bump when the features or the window policy change: old outputs are redone
 DELTA_DB = 16.0  # a log-mel change of this many dB per frame (regression over +-2 frames) -> 255
@@ -412,6 +415,18 @@ def codec_roundtrip(x: np.ndarray, rate: int, codec: str, level: float) -> np.nd
     return y[: len(x)]
 
 
+def _codec_copies(x: np.ndarray | None, rate: int, copies: Sequence[tuple[str, float]], notes: list[str],
+                  what: str) -> dict[str, np.ndarray]:
+    """codec -> ``x`` through :func:`codec_roundtrip` at its level; a failure is noted, never raised."""
+    coded: dict[str, np.ndarray] = {}
+    for codec, level in copies:
+        try:
+            coded[codec] = codec_roundtrip(x, rate, codec, level)
+        except (sf.SoundFileError, RuntimeError) as exc:  # CodecError included
+            notes.append(f"no {codec} copy{what}: {exc}")
+    return coded
+
+
 # ---------------------------------------------------------------- decoding a clip
 
 
@@ -422,6 +437,15 @@ class ClipWindow:
     end_s: float
     png: bytes
     copies: dict[str, bytes] = field(default_factory=dict)  # codec -> the same window of the re-encoded clip
+    made: dict[str, Rendering] = field(default_factory=dict)  # method -> the same window of a self-made fake
+
+
+@dataclass
+class Rendering:
+    """One window of a self-made fake (:mod:`.resynth`) and of its codec copies."""
+
+    png: bytes
+    copies: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -521,11 +545,13 @@ class ClipReader:
 
 
 def render_clip(path: str | os.PathLike, cfg: AudioConfig, allow_truncated: bool = True,
-                copies: Sequence[tuple[str, float]] = ()) -> Clip:
+                copies: Sequence[tuple[str, float]] = (), made: Sequence[tuple[str, int]] = ()) -> Clip:
     """Decode, trim and window one clip; the PNG bytes of every window, or why there are none.
 
     ``copies``: (codec, level) pairs; every window is also rendered from the clip's speech passed
     through :func:`codec_roundtrip` with each (``ClipWindow.copies``), at the same position.
+    ``made``: (method, seed) pairs; every window is also rendered from the speech resynthesised by
+    :func:`.resynth.resynthesise` (``ClipWindow.made``), with the same codec copies.
     Never raises for a bad file: unreadable files come back as status ``unreadable`` with the
     reason, clips without enough sound as ``silent``; every fallback is in ``note``.
     """
@@ -548,7 +574,7 @@ def render_clip(path: str | os.PathLike, cfg: AudioConfig, allow_truncated: bool
     except (sf.SoundFileError, OSError) as exc:
         return Clip("unreadable", f"cannot decode: {exc}", clip.duration_s, info.samplerate, info.channels)
     try:
-        _fill(clip, source, cfg, notes, allow_truncated, copies)
+        _fill(clip, source, cfg, notes, allow_truncated, copies, made)
     except (sf.SoundFileError, OSError) as exc:
         # A failure while seeking back for a window (after the scan decoded the clip).
         clip.status, clip.windows = "unreadable", []
@@ -587,7 +613,7 @@ def _scan(source: ClipReader, stop: int, frame: int, notes: list[str], allow_tru
 
 
 def _fill(clip: Clip, source: ClipReader, cfg: AudioConfig, notes: list[str], allow_truncated: bool,
-          copies: Sequence[tuple[str, float]] = ()) -> None:
+          copies: Sequence[tuple[str, float]] = (), made: Sequence[tuple[str, int]] = ()) -> None:
     info = source.info
     rate = info.samplerate
     limit = int(round(cfg.max_seconds * rate))
@@ -623,28 +649,32 @@ def _fill(clip: Clip, source: ClipReader, cfg: AudioConfig, notes: list[str], al
         return
     length = window_samples(cfg)
     sr = cfg.sample_rate
-    # The codec sees the whole speech span (at most audio.max_seconds), as a file would be encoded. An
-    # encoder failure costs the clip its copies, never the clip (it is recorded in the note).
-    whole = source.read_target(s0, s1) if copies or speech < length else None
-    coded: dict[str, np.ndarray] = {}
-    for codec, level in copies:
-        try:
-            coded[codec] = codec_roundtrip(whole, sr, codec, level)
-        except (sf.SoundFileError, RuntimeError) as exc:  # CodecError included
-            notes.append(f"no {codec} copy: {exc}")
+    # The codec (and a resynthesis) sees the whole speech span (at most audio.max_seconds), as a file
+    # would be encoded. An encoder failure costs the clip that copy, never the clip (the note says so).
+    whole = source.read_target(s0, s1) if copies or made or speech < length else None
+    coded = _codec_copies(whole, sr, copies, notes, "")
+    resynthesised: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
+    for method, seed in made:
+        fake = resynthesise(whole, sr, method, seed)
+        resynthesised[method] = fake, _codec_copies(fake, sr, copies, notes, f" of the {method} fake")
 
     def render(x: np.ndarray) -> bytes:
         return encode_png(window_image(x, cfg))
 
+    def cut(y: np.ndarray, offset: int) -> np.ndarray:
+        return tile(y, length) if speech < length else y[offset: offset + length]
+
+    def window(k: int, offset: int, t0: int, t1: int, x: np.ndarray) -> ClipWindow:
+        return ClipWindow(k, round(t0 / sr, 4), round(t1 / sr, 4), render(x),
+                          {c: render(cut(y, offset)) for c, y in coded.items()},
+                          {m: Rendering(render(cut(y, offset)), {c: render(cut(z, offset)) for c, z in zc.items()})
+                           for m, (y, zc) in resynthesised.items()})
+
     if speech < length:
-        x = tile(whole, length)
         notes.append(f"tiled: {speech / sr:.2f} s of speech repeated to fill a {length / sr:.2f} s window")
-        clip.windows.append(ClipWindow(0, round(s0 / sr, 4), round(s1 / sr, 4), render(x),
-                                       {c: render(tile(y, length)) for c, y in coded.items()}))
+        clip.windows.append(window(0, 0, s0, s1, tile(whole, length)))
     else:
         for k, offset in enumerate(place_windows(speech, length, cfg.max_windows, cfg.window_overlap)):
             t0 = s0 + offset
-            x = source.read_target(t0, t0 + length)
-            clip.windows.append(ClipWindow(k, round(t0 / sr, 4), round((t0 + length) / sr, 4), render(x),
-                                           {c: render(y[offset: offset + length]) for c, y in coded.items()}))
+            clip.windows.append(window(k, offset, t0, t0 + length, source.read_target(t0, t0 + length)))
     clip.status = "window"

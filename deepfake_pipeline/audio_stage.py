@@ -5,6 +5,8 @@ Outputs under ``audio.out``::
 
     train/<Id>_w<k>.png  test/<Id>_w<k>.png   n_mels x frames RGB windows (PNG, written atomically)
     train/<Id>_w<k>.<codec>.png               the same window of the clip re-encoded (audio.codec_copies)
+    train/<Id>_w<k>.made-<method>[.<codec>].png  the same window of a real clip resynthesised by <method>
+                                              (audio.self_fakes, deepfake_pipeline.resynth) [re-encoded]
     faces.csv                                 the stage-1 manifest: one row per window, plus one row
                                               (window -1, no path) per clip without a window
     align_config.yaml                         the resolved config, headed by the settings hash
@@ -63,8 +65,9 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = "faces.csv"  # the stage-1 contract's name, shared with alignment
 MANIFEST_COLUMNS = [
     "Id", "split", "window", "status", "path", "copies", "copy_levels", "note", "start_s", "end_s", "duration_s",
-    "src_rate", "src_channels", "settings_hash",
+    "src_rate", "src_channels", "settings_hash", "made_from", "made_by",
 ]
+MADE_SEPARATOR = "~"  # a self-made fake's Id: <source Id>~<method>
 COPY_SPLIT = "train"  # codec copies are training material: labelled clips only
 # Audio keys that never change a window (speed, location) stay out of the hash.
 _HASH_EXCLUDED = {"workers", "out"}
@@ -74,12 +77,16 @@ def settings_hash(cfg: Config) -> str:
     """Hash of what decides the windows: audio settings, the decoder's data setting, the version.
 
     ``data.root`` and ``audio.out`` are left out on purpose: sources are fingerprinted one by one.
-    ``run.seed`` is in when there are codec copies: it draws their levels.
+    ``run.seed`` is in when there are codec copies: it draws their levels. ``audio.self_fakes`` is out:
+    each journal entry records the (method, seed) fakes it holds, and an entry is reused while it holds
+    every fake its clip needs now (:func:`valid_entries`), so choosing fewer methods redoes nothing and
+    adding one redoes the real training clips only.
     """
     full = to_dict(cfg)
     audio = {k: v for k, v in full["audio"].items() if k not in _HASH_EXCLUDED}
     data = {"allow_truncated": full["data"]["allow_truncated"]}
     extra = {"audio": audio, "data": data, "version": AUDIO_VERSION, "delta_db": DELTA_DB}
+    del audio["self_fakes"]
     if audio["codec_copies"]:
         extra["seed"] = cfg.run.seed  # draws each copy's level (codec_plan)
     else:  # without copies their level and the seed cannot matter (and older outputs stay valid)
@@ -109,6 +116,7 @@ class ClipItem:
     src: Path
     fingerprint: str  # "<size>-<mtime_ns>" of the source, "" when it cannot be stat'ed
     copies: tuple[tuple[str, float], ...] = ()  # (codec, compression level) of each codec copy
+    made: tuple[tuple[str, int], ...] = ()  # (method, seed) of each self-made fake (real train clips)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -137,13 +145,27 @@ def codec_plan(cfg: Config, split: str, ident: str) -> tuple[tuple[str, float], 
                  for codec in cfg.audio.codec_copies)
 
 
+def made_plan(cfg: Config, split: str, ident: str, target: int | None) -> tuple[tuple[str, int], ...]:
+    """The (method, seed) self-made fakes of one clip: real train clips only, seeded by (seed, Id, method)."""
+    if split != COPY_SPLIT or target != 0:
+        return ()
+    return tuple((method, derive_seed(cfg.run.seed, "made", ident, method)) for method in cfg.audio.self_fakes)
+
+
 def plan_clips(cfg: Config) -> list[ClipItem]:
     """Validate the layout (raises DataValidationError) and list every (split, Id), sorted."""
     # Headers are not pre-checked: render_clip reads them and records unreadable clips.
     layout = load_layout(cfg.data, check_images=False)
-    items = [ClipItem(split.name, str(ident), Path(path), _stat(Path(path)), codec_plan(cfg, split.name, str(ident)))
-             for split in (layout.train, layout.test)
-             for ident, path in zip(split.frame["Id"], split.frame["path"])]
+    items = []
+    for split in (layout.train, layout.test):
+        targets = split.frame["target"] if "target" in split.frame else [None] * len(split.frame)
+        for ident, path, target in zip(split.frame["Id"], split.frame["path"], targets):
+            ident = str(ident)
+            if MADE_SEPARATOR in ident and cfg.audio.self_fakes:
+                raise ConfigError(f"audio.self_fakes: input Id {ident!r} contains {MADE_SEPARATOR!r}, which names "
+                                  "self-made fakes (<Id>~<method>): rename the file or drop audio.self_fakes")
+            items.append(ClipItem(split.name, ident, Path(path), _stat(Path(path)), codec_plan(cfg, split.name, ident),
+                                  made_plan(cfg, split.name, ident, None if target is None else int(target))))
     items.sort(key=lambda it: it.key)
     return items
 
@@ -152,7 +174,9 @@ def plan_clips(cfg: Config) -> list[ClipItem]:
 
 
 def valid_entries(out: Path, items: list[ClipItem], digest: str) -> dict[tuple[str, str], dict[str, Any]]:
-    """Newest journal entry per key that still matches settings, source and every window file."""
+    """Newest journal entry per key that still matches settings, source and every window file, and
+    holds every self-made fake (method, seed) its clip needs (it may hold more: they are left out of
+    the manifest)."""
     by_key = {it.key: it for it in items}
     best: dict[tuple[str, str], dict[str, Any]] = {}
     for entry in read_journals(out):
@@ -161,7 +185,9 @@ def valid_entries(out: Path, items: list[ClipItem], digest: str) -> dict[tuple[s
             item = by_key.get(key)
             if item is None or entry["hash"] != digest or entry["src_fp"] != item.fingerprint:
                 continue
-            files = [f for w in entry["windows"] for f in (w, *w.get("copies", []))]
+            if not set(item.made) <= {tuple(m) for m in entry.get("made", [])}:  # a method added, a label changed
+                continue
+            files = [f for w in entry["windows"] for f in _window_files(w)]
             if any(f["out_fp"] != _stat(out / f["path"]) for f in files):
                 continue
             if key not in best or entry["t"] >= best[key]["t"]:
@@ -169,6 +195,12 @@ def valid_entries(out: Path, items: list[ClipItem], digest: str) -> dict[tuple[s
         except (KeyError, TypeError):
             continue
     return best
+
+
+def _window_files(window: dict[str, Any]) -> list[dict[str, Any]]:
+    """A journal window's file records: the window, its codec copies, its self-made fakes and theirs."""
+    made = [f for m in window.get("made", []) for f in (m, *m.get("copies", []))]
+    return [window, *window.get("copies", []), *made]
 
 
 # ---------------------------------------------------------------- one clip -> files + entry
@@ -188,21 +220,29 @@ def _finish(item: ClipItem, clip: Clip, out: Path, digest: str) -> dict[str, Any
     """Write the clip's PNGs (atomically) and return its journal entry."""
     windows = []
     levels = dict(item.copies)
+
+    def write(rel: str, png: bytes, **record: Any) -> dict[str, Any]:
+        atomic_write_bytes(out / rel, png, durable=False)  # one sync at the end of _process
+        return {**record, "path": rel, "out_fp": _stat(out / rel)}
+
+    def write_copies(index: int, copies: dict[str, bytes], prefix: str = "") -> list[dict[str, Any]]:
+        return [write(item.rel_out(index, prefix + codec), png, codec=codec, level=levels[codec])
+                for codec, png in copies.items()]
+
     for w in clip.windows:
-        copies = []
-        for codec, png in w.copies.items():  # copies first: the window's own file completes it
-            rel = item.rel_out(w.index, codec)
-            atomic_write_bytes(out / rel, png, durable=False)
-            copies.append({"codec": codec, "level": levels[codec], "path": rel, "out_fp": _stat(out / rel)})
-        rel = item.rel_out(w.index)
-        atomic_write_bytes(out / rel, w.png, durable=False)  # one sync at the end of _process
-        windows.append({"window": w.index, "path": rel, "start_s": w.start_s, "end_s": w.end_s,
-                        "out_fp": _stat(out / rel), "copies": copies})
+        # Copies and fakes first: the window's own file completes it.
+        copies = write_copies(w.index, w.copies)
+        made = [write(item.rel_out(w.index, f"made-{method}"), r.png, method=method,
+                      copies=write_copies(w.index, r.copies, f"made-{method}."))
+                for method, r in w.made.items()]
+        windows.append(write(item.rel_out(w.index), w.png, window=w.index, start_s=w.start_s, end_s=w.end_s,
+                             copies=copies, made=made))
     _remove_stale_windows(out, item, len(windows))
     return {
         "split": item.split, "Id": item.id, "status": clip.status, "note": clip.note,
         "duration_s": clip.duration_s, "src_rate": clip.src_rate, "src_channels": clip.src_channels,
         "windows": windows, "hash": digest, "src_fp": item.fingerprint, "t": time.time(),
+        "made": [list(m) for m in item.made],
     }
 
 
@@ -211,7 +251,7 @@ def render_stream(items: list[ClipItem], cfg: Config) -> Iterator[tuple[ClipItem
     audio, allow_truncated = cfg.audio, cfg.data.allow_truncated
     if audio.workers <= 0:
         for item in items:
-            yield item, render_clip(item.src, audio, allow_truncated, item.copies)
+            yield item, render_clip(item.src, audio, allow_truncated, item.copies, item.made)
         return
     limit = 4 * audio.workers
     # The forkserver preloads only .audio (render_clip) and .workers (exit_with): nothing heavier.
@@ -222,7 +262,7 @@ def render_stream(items: list[ClipItem], cfg: Config) -> Iterator[tuple[ClipItem
                                  initargs=(alive,)) as pool:
             queue: deque[tuple[ClipItem, Future]] = deque()
             for item in items:
-                queue.append((item, pool.submit(render_clip, item.src, audio, allow_truncated, item.copies)))
+                queue.append((item, pool.submit(render_clip, item.src, audio, allow_truncated, item.copies, item.made)))
                 if len(queue) >= limit:
                     yield _result(*queue.popleft())
             while queue:
@@ -344,24 +384,38 @@ def build_manifest(items: list[ClipItem], entries: dict[tuple[str, str], dict[st
     """faces.csv: a row per window in (split, Id, window) order, ``path`` as <audio.out>/<split>/<Id>_w<k>.png,
     ``copies`` its codec copies' paths joined by ";" (empty without) and ``copy_levels`` their drawn
     compression levels as ``codec:level`` in the same order; a clip without windows gets one
-    row, window -1 and no path, its status and note saying why."""
+    row, window -1 and no path, its status and note saying why. A self-made fake's windows are rows
+    of their own: Id ``<Id>~<method>``, ``made_from`` the source Id, ``made_by`` the method (both empty
+    for the dataset's own clips): training labels them fake and keeps them in their source's fold."""
     rows = []
     for it in items:
         e = entries[it.key]
         common = {"Id": it.id, "split": it.split, "note": e["note"], "duration_s": e["duration_s"],
-                  "src_rate": e["src_rate"], "src_channels": e["src_channels"], "settings_hash": e["hash"]}
+                  "src_rate": e["src_rate"], "src_channels": e["src_channels"], "settings_hash": e["hash"],
+                  "made_from": "", "made_by": ""}
         if not e["windows"]:
             rows.append({**common, "window": -1, "status": e["status"], "path": "", "copies": "", "copy_levels": "",
                          "start_s": None, "end_s": None})
+        made_rows = []
+        wanted = {method for method, _ in it.made}
         for w in e["windows"]:
-            copies = ";".join(str(out / c["path"]) for c in w.get("copies", []))
-            levels = ";".join(f"{c['codec']}:{c.get('level', '')}" for c in w.get("copies", []))
-            rows.append({**common, "window": w["window"], "status": "window", "path": str(out / w["path"]),
-                         "copies": copies, "copy_levels": levels, "start_s": w["start_s"], "end_s": w["end_s"]})
+            place = {"window": w["window"], "status": "window", "start_s": w["start_s"], "end_s": w["end_s"]}
+            rows.append({**common, **place, "path": str(out / w["path"]), **_copy_columns(w, out)})
+            made_rows += [{**common, **place, "Id": f"{it.id}{MADE_SEPARATOR}{m['method']}", "made_from": it.id,
+                           "made_by": m["method"], "note": f"self-made fake: {it.id} resynthesised by {m['method']}",
+                           "path": str(out / m["path"]), **_copy_columns(m, out)}
+                          for m in w.get("made", []) if m["method"] in wanted]
+        rows += sorted(made_rows, key=lambda r: (r["Id"], r["window"]))
     frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     for col in ("window", "src_rate", "src_channels"):
         frame[col] = frame[col].astype("Int64")
     return frame
+
+
+def _copy_columns(record: dict[str, Any], out: Path) -> dict[str, str]:
+    copies = record.get("copies", [])
+    return {"copies": ";".join(str(out / c["path"]) for c in copies),
+            "copy_levels": ";".join(f"{c['codec']}:{c.get('level', '')}" for c in copies)}
 
 
 def _check_unreadable(manifest: pd.DataFrame, cfg: Config) -> None:

@@ -93,6 +93,10 @@ class AudioConfig:
     # reads a copy instead; validation, OOF and prediction never do. Test clips get none.
     codec_copies: list[str] = field(default_factory=list)
     codec_level: list[float] = field(default_factory=lambda: [0.2, 0.99])
+    # Self-made fakes: every real (label 0) training clip is also resynthesised by each method named
+    # here (deepfake_pipeline.resynth: griffinlim, mel, lpc, pvoc), windowed at the same places (with
+    # codec copies of its own) and trained on as fake, in its source's fold. Test clips get none.
+    self_fakes: list[str] = field(default_factory=list)
     out: str = "data/audio_${audio.n_mels}"
     workers: int = 2
 
@@ -354,6 +358,12 @@ def _check_values(cfg: Config) -> None:
     ) if not ok]
     problems += [f"audio.codec_copies: unknown codec {name!r} (mp3, opus, vorbis)"
                  for name in a.codec_copies if name not in ("mp3", "opus", "vorbis")]
+    from .resynth import METHODS  # numpy and scipy: a config check only
+
+    problems += [f"audio.self_fakes: unknown method {name!r} ({', '.join(METHODS)})"
+                 for name in a.self_fakes if name not in METHODS]
+    if len(set(a.self_fakes)) != len(a.self_fakes):
+        problems.append("audio.self_fakes: a method is named twice")
     if len(set(a.codec_copies)) != len(a.codec_copies):
         problems.append("audio.codec_copies: a codec is named twice")
     if cfg.align.select not in ("prob", "largest"):

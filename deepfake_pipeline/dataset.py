@@ -300,13 +300,16 @@ def read_pseudo_labels(path: Path, train_ids: set[str], test_ids: set[str]) -> t
     return rows, originals
 
 
-def make_folds(labels: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
-    """Assign each labelled row a fold (StratifiedGroupKFold when a ``group`` column exists)."""
+def make_folds(labels: pd.DataFrame, n_folds: int, seed: int, real_only: bool = False) -> pd.DataFrame:
+    """Assign each labelled row a fold (StratifiedGroupKFold when a ``group`` column exists).
+
+    ``real_only``: labels of real images alone are allowed (self-made fakes supply the other class)."""
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     y = labels["target"].to_numpy()
     counts = np.bincount(y, minlength=2)
-    if counts.min() < n_folds:
+    needed = counts[:1] if real_only and counts[1] == 0 else counts
+    if needed.min() < n_folds:
         raise DataValidationError(
             [f"{n_folds} folds need at least {n_folds} images of each class; have {counts.tolist()}"]
         )

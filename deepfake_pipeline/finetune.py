@@ -9,6 +9,11 @@ per fold (``trained.py``): the threshold is fitted on what prediction produces.
 Pseudo-labelled rows (``data.pseudo_labels``) get fold -1: they are in the training part of their
 fold (per-fold diamonds) or of every fold, and in no validation fold, so OOF metrics and the
 threshold see original labels only.
+
+Self-made fakes (stage-1 manifest rows with ``made_from``: speech's ``audio.self_fakes``) are
+labelled fake and take their source's fold, so no fake of a validation clip ever trains its fold.
+They are validated with it too, but ``oof.csv`` marks them (``made_by``) and the OOF figures and the
+threshold are computed on the dataset's own clips, the self-made ones reported apart (trained.py).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from .artifacts import (
     per_id,
     recorded_stage1_hashes,
     stage1_hash,
+    stage1_out,
 )
 from .augment import InputFit, augment_for, input_fit, train_jpeg
 from .checkpoint import load_weights, read_done, save_weights, write_done
@@ -44,7 +50,7 @@ from .metrics import best_f1_threshold, binary_metrics
 from .model import DeepfakeClassifier, build_classifier, load_backbone_state
 from .runtime import Runtime, derive_seed, seed_everything
 from .sbi import with_self_blend
-from .trained import calibrate_fold, finished_folds, pool_oof
+from .trained import calibrate_fold, finished_folds, pool_oof, reference_mask
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +59,52 @@ log = logging.getLogger(__name__)
 
 
 def folds_hash(cfg: Config, labels: pd.DataFrame, pseudo: pd.DataFrame | None,
-               originals: pd.DataFrame | None = None) -> str:
+               originals: pd.DataFrame | None = None, made: pd.DataFrame | None = None) -> str:
     """What the folds depend on: their number, the seed, the labels and each row's group (the values,
-    not only the column's name), the pseudo labels and the folds diamonds were mined with."""
-    return stage_hash(
-        cfg, [], extra={
-            "folds": cfg.finetune.folds, "seed": cfg.run.seed, "group": cfg.finetune.group_column,
-            "labels": labels[[c for c in ("Id", "target", "group") if c in labels.columns]].to_csv(index=False),
-            "pseudo": None if pseudo is None else pseudo.to_csv(index=False),
-            "mined_folds": None if originals is None else originals.to_csv(index=False),
-        },
-    )
+    not only the column's name), the pseudo labels, the folds diamonds were mined with and the
+    self-made fakes."""
+    extra = {
+        "folds": cfg.finetune.folds, "seed": cfg.run.seed, "group": cfg.finetune.group_column,
+        "labels": labels[[c for c in ("Id", "target", "group") if c in labels.columns]].to_csv(index=False),
+        "pseudo": None if pseudo is None else pseudo.to_csv(index=False),
+        "mined_folds": None if originals is None else originals.to_csv(index=False),
+    }
+    if made is not None and len(made):  # (absent otherwise: runs without them keep their hash)
+        extra["self_made"] = made.to_csv(index=False)
+    return stage_hash(cfg, [], extra=extra)
+
+
+def self_made_fakes(cfg: Config, labels: pd.DataFrame) -> pd.DataFrame:
+    """The stage-1 manifest's self-made fakes of labelled real clips: Id, made_from, made_by (empty
+    without a manifest or without fakes). Fakes of clips that are not real training clips of this
+    run (a stage 1 made with other labels) are left out with a warning."""
+    columns = ["Id", "made_from", "made_by"]
+    path = stage1_out(cfg) / "faces.csv"
+    if not path.is_file():
+        return pd.DataFrame(columns=columns)
+    faces = load_faces(cfg)
+    if "made_from" not in faces.columns:
+        return pd.DataFrame(columns=columns)
+    made = faces[(faces["split"] == "train") & (faces["made_from"] != "")][columns].drop_duplicates("Id")
+    real = set(labels.loc[labels["target"] == 0, "Id"])
+    stray = ~made["made_from"].isin(real)
+    if stray.any():
+        log.warning("finetune: %d self-made fake(s) of clips that are not real training clips here (e.g. %r) are "
+                    "left out: rerun stage 1 with this run's labels", int(stray.sum()), made.loc[stray, "Id"].iloc[0])
+    return made[~stray].sort_values("Id").reset_index(drop=True)
+
+
+def with_self_made(folds: pd.DataFrame, made: pd.DataFrame) -> pd.DataFrame:
+    """``folds`` plus one fake row per self-made fake, in its source's fold and group (``made_by``
+    names the method; empty for every other row)."""
+    folds = folds.assign(made_by="")
+    source = folds[folds["is_pseudo"] == 0].set_index("Id")
+    rows = pd.DataFrame({"Id": made["Id"].to_numpy(), "target": 1,
+                         "fold": source.loc[made["made_from"], "fold"].to_numpy(), "is_pseudo": 0, "pseudo_fold": -1,
+                         "made_by": made["made_by"].to_numpy()})
+    if "group" in source.columns:
+        rows["group"] = source.loc[made["made_from"], "group"].to_numpy()
+    return pd.concat([folds, rows[[c for c in folds.columns if c in rows.columns]]], ignore_index=True)
 
 
 def mined_folds(labels: pd.DataFrame, originals: pd.DataFrame, n_folds: int, source: str) -> pd.DataFrame:
@@ -106,7 +147,12 @@ def prepare_folds(cfg: Config, paths: RunPaths, runtime: Runtime, force: bool) -
         if len(pseudo) - per_fold:
             log.warning("finetune: %d pseudo rows were mined by a whole ensemble that saw every labelled row: "
                         "this run's OOF figures are optimistic; compare rounds on test figures", len(pseudo) - per_fold)
-    h = folds_hash(cfg, labels, pseudo, originals)
+    made = self_made_fakes(cfg, labels)
+    if len(made):
+        log.info("finetune: %d self-made fake(s) (%s) of %d real clip(s), each in its source's fold", len(made),
+                 ", ".join(f"{m} {n}" for m, n in made["made_by"].value_counts().sort_index().items()),
+                 made["made_from"].nunique())
+    h = folds_hash(cfg, labels, pseudo, originals, made)
     path = paths.folds_csv
     hash_path = path.with_suffix(".hash")
     if path.is_file() and not force:
@@ -116,18 +162,22 @@ def prepare_folds(cfg: Config, paths: RunPaths, runtime: Runtime, force: bool) -
                 f"{path} was made from other labels, pseudo labels or fold settings; "
                 "rerun with --force to rebuild the folds (and retrain every fold), or use another run.name"
             )
-        folds = pd.read_csv(path, dtype={"Id": str})
+        folds = pd.read_csv(path, dtype={"Id": str}, keep_default_na=False)
+        if "made_by" in folds.columns:
+            folds["made_by"] = folds["made_by"].astype(str)
     else:
         if originals is not None:
             folds = mined_folds(labels, originals, cfg.finetune.folds, str(cfg.data.pseudo_labels))
             log.info("finetune: folds taken from %s (the folds its diamonds were mined with)", cfg.data.pseudo_labels)
         else:
-            folds = make_folds(labels, cfg.finetune.folds, cfg.run.seed)
+            folds = make_folds(labels, cfg.finetune.folds, cfg.run.seed, real_only=len(made) > 0)
         folds["is_pseudo"] = 0
         folds["pseudo_fold"] = -1
         if pseudo is not None:
             extra = pseudo.assign(fold=-1, is_pseudo=1)
             folds = pd.concat([folds, extra], ignore_index=True)
+        if len(made):
+            folds = with_self_made(folds, made)
         if runtime.is_main:
             save_csv(path, folds)
             atomic_write_text(hash_path, h + "\n")
@@ -198,12 +248,14 @@ class FoldValidator:
         self.rows, self.loader, self.runtime, self.fit = rows, loader, runtime, fit
         self.weights_path, self.stage_hash = weights_path, stage_hash
         ids, _ = per_id(rows["Id"], np.zeros(len(rows)))
-        self.targets = rows.drop_duplicates("Id").set_index("Id").loc[ids, "target"].to_numpy().astype(np.float32)
+        by_id = rows.drop_duplicates("Id").set_index("Id").loc[ids]
+        self.targets = by_id["target"].to_numpy().astype(np.float32)
+        self.selected = reference_mask(by_id)  # the epoch is chosen as the OOF figures are made
 
     def evaluate(self, model: torch.nn.Module, epoch: int) -> dict[str, float]:
         """Metrics per Id: a clip's windows are scored by the mean of their logits."""
         _, logits = per_id(self.rows["Id"], predict_logits(model, self.loader, self.runtime, self.fit).numpy())
-        return _val_metrics(self.targets, logits.astype(np.float32))
+        return _val_metrics(self.targets[self.selected], logits.astype(np.float32)[self.selected])
 
     def save_best(self, model: torch.nn.Module, epoch: int, metrics: dict[str, float]) -> None:
         save_weights(self.weights_path, model.state_dict(), metadata={"epoch": str(epoch), "stage_hash": self.stage_hash})

@@ -235,6 +235,17 @@ def crossfit_logodds(logits: np.ndarray, targets: np.ndarray, groups: np.ndarray
     return out
 
 
+def reference_mask(rows: pd.DataFrame) -> np.ndarray:
+    """Which validation items the figures, calibrations and the threshold are made on: the dataset's
+    own items when they hold both classes, self-made fakes (``made_by``) left out; all items when
+    the real fakes are missing (a run trained on real clips and self-made fakes alone)."""
+    made = rows["made_by"].fillna("").astype(str).to_numpy() != "" if "made_by" in rows.columns \
+        else np.zeros(len(rows), dtype=bool)
+    own = ~made
+    targets = rows["target"].to_numpy()
+    return own if len(set(targets[own].tolist())) == 2 else np.ones(len(rows), dtype=bool)
+
+
 def _calibration_key(cfg: Config, paths: RunPaths, k: int) -> dict[str, object]:
     """What a fold's calibration depends on: its finished weights and how prediction sees a face."""
     done = read_done(paths.fold(k)) or {}
@@ -278,14 +289,18 @@ def calibrate_fold(cfg: Config, paths: RunPaths, runtime: Runtime, k: int, model
     by_id = val_rows.drop_duplicates("Id").set_index("Id").loc[ids]
     targets = by_id["target"].to_numpy().astype(int)
     groups = by_id["group"].astype(str).to_numpy() if "group" in by_id.columns else None
-    calibration = fit_platt(logits, targets)
+    made_by = by_id["made_by"].fillna("").astype(str).to_numpy() if "made_by" in by_id.columns else np.full(len(ids), "")
+    ref = reference_mask(by_id)  # self-made fakes are calibrated, never calibrate
+    calibration = fit_platt(logits[ref], targets[ref])
     if calibration.flat:
         log.warning("fold %d: its logits rank its validation %s no better than chance (Platt slope <= 0): it "
                     "votes their base rate %.3f, a constant, never its flipped logit", k, _items(cfg),
                     float(targets.mean()))
-    preds = pd.DataFrame({"Id": ids, "fold": k, "target": targets, "logit": logits,
-                          "prob": sigmoid(crossfit_logodds(logits, targets, groups, seed=cfg.run.seed + k)),
-                          "prob_insample": sigmoid(calibration(logits))})
+    logodds = calibration(logits)
+    logodds[ref] = crossfit_logodds(logits[ref], targets[ref], None if groups is None else groups[ref],
+                                    seed=cfg.run.seed + k)
+    preds = pd.DataFrame({"Id": ids, "fold": k, "target": targets, "logit": logits, "prob": sigmoid(logodds),
+                          "prob_insample": sigmoid(calibration(logits)), "made_by": made_by})
     key = _calibration_key(cfg, paths, k)
     record = _calibration_record(paths, k)
     fits = [f for f in record.get("fits", []) if f.get("key") != key][-(MAX_FITS - 1):]
@@ -344,7 +359,8 @@ def pool_oof(cfg: Config, paths: RunPaths, runtime: Runtime) -> dict[str, object
     parts = []
     for k in range(cfg.finetune.folds):
         if _val_preds_current(cfg, paths, k):
-            parts.append(pd.read_csv(paths.fold(k) / "val_preds.csv", dtype={"Id": str}))
+            part = pd.read_csv(paths.fold(k) / "val_preds.csv", dtype={"Id": str}, keep_default_na=False)
+            parts.append(part.assign(made_by=part["made_by"].astype(str)) if "made_by" in part else part.assign(made_by=""))
         else:
             log.info("fold %d: out-of-fold predictions with TTA %s", k, ",".join(cfg.predict.tta))
             parts.append(calibrate_fold(cfg, paths, runtime, k)[1])
@@ -358,7 +374,7 @@ def pool_oof(cfg: Config, paths: RunPaths, runtime: Runtime) -> dict[str, object
     return record
 
 
-OOF_COLUMNS = ["Id", "fold", "target", "logit", "prob", "prob_insample"]
+OOF_COLUMNS = ["Id", "fold", "target", "logit", "prob", "prob_insample", "made_by"]
 
 
 def oof_figures(oof: pd.DataFrame) -> dict[str, object]:
@@ -367,7 +383,16 @@ def oof_figures(oof: pd.DataFrame) -> dict[str, object]:
     ``oof_f1`` is the F1 at the chosen threshold, the best one for these very rows (so still a
     little optimistic); ``oof_f1_heldout`` labels each fold's rows with the threshold chosen on the
     other folds only. ``insample`` holds the figures as the calibration fitted on the same rows
-    gives them (``prob_insample``, the rule before cross-fitting): for reading older runs."""
+    gives them (``prob_insample``, the rule before cross-fitting): for reading older runs.
+
+    Self-made fakes (``made_by``) stay out of all of these (:func:`reference_mask`); ``self_made``
+    scores them apart, against the real items: AUC overall and per method, and the share called fake."""
+    if "made_by" in oof.columns:  # read back from a CSV, an own item's empty made_by may be NaN
+        oof = oof.assign(made_by=oof["made_by"].fillna("").astype(str))
+    all_rows = oof
+    has_made = "made_by" in oof.columns and bool((oof["made_by"] != "").any())
+    ref = reference_mask(oof)
+    oof = oof[ref]
     y, p = oof["target"].to_numpy().astype(int), oof["prob"].to_numpy()
     threshold, f1 = best_f1_threshold(y, p)
     metrics = binary_metrics(y, p, threshold=threshold)
@@ -382,6 +407,8 @@ def oof_figures(oof: pd.DataFrame) -> dict[str, object]:
         "oof_auc": _num(metrics["auc"]), "oof_logloss": _num(metrics["logloss"]), "oof_acc": _num(metrics["acc"]),
         "oof_auc_uncalibrated": _num(raw["auc"]), "oof_fake_share": float(np.mean(p >= threshold)),
         "n": int(len(oof)),
+        "basis": "every item, self-made fakes included (there is no real fake)" if has_made and ref.all()
+                 else "the dataset's own items",
         "method": "threshold maximising F1 on pooled out-of-fold probabilities (each fold's validation items "
                   "predicted with the predict.tta views, calibrated by Platt fits on the other parts of their "
                   "fold: cross-fitted); prob >= threshold -> fake",
@@ -392,7 +419,26 @@ def oof_figures(oof: pd.DataFrame) -> dict[str, object]:
         m_in = binary_metrics(y, q, threshold=t_in)
         record["insample"] = {"threshold": float(t_in), "oof_f1": float(f1_in), "oof_auc": _num(m_in["auc"]),
                               "oof_logloss": _num(m_in["logloss"]), "oof_acc": _num(m_in["acc"])}
+    if has_made:
+        record["self_made"] = self_made_figures(all_rows, threshold)
     return record
+
+
+def self_made_figures(oof: pd.DataFrame, threshold: float) -> dict[str, object]:
+    """Self-made fakes against the dataset's own real items: AUC (all, per method), share called fake."""
+    from sklearn.metrics import roc_auc_score
+
+    real = oof[(oof["made_by"] == "") & (oof["target"] == 0)]["prob"].to_numpy()
+    made = oof[oof["made_by"] != ""]
+
+    def auc(fake: np.ndarray) -> float | None:
+        if not len(real) or not len(fake):
+            return None
+        return float(roc_auc_score(np.r_[np.zeros(len(real)), np.ones(len(fake))], np.r_[real, fake]))
+
+    return {"auc": auc(made["prob"].to_numpy()), "n": int(len(made)), "n_real": int(len(real)),
+            "called_fake": float(np.mean(made["prob"].to_numpy() >= threshold)),
+            "by_method": {m: auc(g["prob"].to_numpy()) for m, g in made.groupby("made_by")}}
 
 
 def oof_is_current(cfg: Config, paths: RunPaths) -> bool:

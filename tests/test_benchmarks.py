@@ -220,3 +220,40 @@ def test_frozen_probe_calibrates_its_folds_and_finds_no_signal_in_noise() -> Non
     assert binary_metrics(y[160:], test)["auc"] > 0.8
     noise_oof, _ = frozen_probe.oof_and_test(x[:160], y[:160], folds[:160], x[160:])
     assert abs(binary_metrics(y[:160], noise_oof)["auc"] - 0.5) < 0.15
+
+
+def test_generator_split_holds_out_the_named_generators_and_keeps_the_speaker_split(tmp_path: Path) -> None:
+    import sys
+
+    import pandas as pd
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from generator_split import PROTOCOLS, write_layout
+
+    source = tmp_path / "set"
+    rows = []
+    for split, speakers in (("train", ("a", "b")), ("test", ("c",))):
+        (source / f"{split}_audio").mkdir(parents=True, exist_ok=True)
+        for speaker in speakers:
+            for generator in ("real", "yourtts_tts", "sc_glowtts", "yourtts_vc"):
+                ident = f"{split}_{speaker}_{generator}"
+                (source / f"{split}_audio" / f"{ident}.flac").write_bytes(b"x")
+                rows.append({"Id": ident, "split": split, "target_feature": int(generator != "real"),
+                             "speaker": speaker, "generator": generator})
+    meta = pd.DataFrame(rows)
+    meta.to_csv(source / "meta.csv", index=False)
+    meta[meta["split"] == "train"][["Id", "target_feature", "speaker"]].to_csv(source / "train_solution.csv", index=False)
+    out = tmp_path / "tts2vc"
+    counts = write_layout(source, out, *PROTOCOLS["tts2vc"])
+    assert counts == {"train_real": 2, "train_fake": 4, "test_real": 1, "test_fake": 1}
+    train = pd.read_csv(out / "train_solution.csv")
+    assert set(train.columns) == {"Id", "target_feature", "speaker"}  # the speaker column kept for the folds
+    assert not train["Id"].str.contains("vc").any() and train["Id"].str.startswith("train_").all()
+    test = pd.read_csv(out / "test_solution.csv")
+    assert sorted(test["Id"]) == ["test_c_real", "test_c_yourtts_vc"]
+    assert sorted(p.stem for p in (out / "test_audio").iterdir()) == sorted(test["Id"])  # only the scored clips
+    assert all(p.is_symlink() for p in (out / "train_audio").iterdir())
+    selfmade = write_layout(source, tmp_path / "selfmade", *PROTOCOLS["selfmade"])
+    assert selfmade == {"train_real": 2, "train_fake": 0, "test_real": 1, "test_fake": 3}
+    with pytest.raises(SystemExit, match="no generator 'wavenet'"):
+        write_layout(source, tmp_path / "bad", ("wavenet",), ())
