@@ -325,6 +325,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     except OmegaConfBaseException as exc:
         raise ConfigError(f"{path or 'config'}: {_describe(exc)}") from exc
     assert isinstance(obj, Config)
+    if obj.run.amp == "False":  # YAML 1.1 reads a bare `off` (amp: off, --set run.amp=off) as false
+        obj.run.amp = "off"
     _check_values(obj)
     return obj
 

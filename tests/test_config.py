@@ -104,3 +104,12 @@ def test_time_pool_is_checked_when_the_config_loads() -> None:
         load_config(None, ["run.name=x", "model.img_size=112", "model.pool=time"])
     with pytest.raises(ConfigError, match="model.pool"):
         load_config(None, ["run.name=x", "model.pool=freq"])
+
+
+def test_amp_off_means_off_though_yaml_reads_it_as_false(tmp_path: Path) -> None:
+    assert load_config(None, ["run.name=t", "run.amp=off"]).run.amp == "off"
+    path = tmp_path / "c.yaml"
+    path.write_text("run: {name: t, amp: off}\n")
+    assert load_config(path).run.amp == "off"
+    with pytest.raises(ConfigError, match="run.amp"):
+        load_config(None, ["run.name=t", "run.amp=on"])  # true stays refused: it names no precision
