@@ -37,3 +37,15 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("demo") / "dataset"
     generate(root, n=60, test_share=0.25, size=96, seed=3)
     return root
+
+
+# The longest test files first (seconds alone on the 2-core VM, benchmarks/RESULTS.md "make test wall
+# time"): `make test` runs two files at once (pytest-xdist, --dist loadfile, in collection order), and
+# a long file started last would run alone at the end.
+LONGEST_FIRST = ("test_real_data.py", "test_training.py", "test_full_recipe.py", "test_learning.py",
+                 "test_gpu_check.py", "test_quality.py", "test_chaos.py", "test_amp.py", "test_audio_training.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
