@@ -74,15 +74,16 @@ def folds_hash(cfg: Config, labels: pd.DataFrame, pseudo: pd.DataFrame | None,
     return stage_hash(cfg, [], extra=extra)
 
 
-def self_made_fakes(cfg: Config, labels: pd.DataFrame) -> pd.DataFrame:
+def self_made_fakes(cfg: Config, labels: pd.DataFrame, faces: pd.DataFrame | None = None) -> pd.DataFrame:
     """The stage-1 manifest's self-made fakes of labelled real clips: Id, made_from, made_by (empty
     without a manifest or without fakes). Fakes of clips that are not real training clips of this
-    run (a stage 1 made with other labels) are left out with a warning."""
+    run (a stage 1 made with other labels) are left out with a warning. ``faces``: the manifest,
+    when the caller has read it already."""
     columns = ["Id", "made_from", "made_by"]
-    path = stage1_out(cfg) / "faces.csv"
-    if not path.is_file():
-        return pd.DataFrame(columns=columns)
-    faces = load_faces(cfg)
+    if faces is None:
+        if not (stage1_out(cfg) / "faces.csv").is_file():
+            return pd.DataFrame(columns=columns)
+        faces = load_faces(cfg)
     if "made_from" not in faces.columns:
         return pd.DataFrame(columns=columns)
     made = faces[(faces["split"] == "train") & (faces["made_from"] != "")][columns].drop_duplicates("Id")
@@ -127,7 +128,8 @@ def mined_folds(labels: pd.DataFrame, originals: pd.DataFrame, n_folds: int, sou
     return out
 
 
-def prepare_folds(cfg: Config, paths: RunPaths, runtime: Runtime, force: bool) -> pd.DataFrame:
+def prepare_folds(cfg: Config, paths: RunPaths, runtime: Runtime, force: bool,
+                  faces: pd.DataFrame | None = None) -> pd.DataFrame:
     """Build ``folds.csv`` (Id, target, fold, is_pseudo, pseudo_fold) once; reuse it while its inputs match.
 
     With per-fold diamonds (``make_diamonds.py`` default) the labelled rows keep the folds the
@@ -147,7 +149,7 @@ def prepare_folds(cfg: Config, paths: RunPaths, runtime: Runtime, force: bool) -
         if len(pseudo) - per_fold:
             log.warning("finetune: %d pseudo rows were mined by a whole ensemble that saw every labelled row: "
                         "this run's OOF figures are optimistic; compare rounds on test figures", len(pseudo) - per_fold)
-    made = self_made_fakes(cfg, labels)
+    made = self_made_fakes(cfg, labels, faces)
     if len(made):
         log.info("finetune: %d self-made fake(s) (%s) of %d real clip(s), each in its source's fold", len(made),
                  ", ".join(f"{m} {n}" for m, n in made["made_by"].value_counts().sort_index().items()),
@@ -366,7 +368,7 @@ def train_fold(
 
 def run_finetune(cfg: Config, runtime: Runtime, paths: RunPaths, force: bool = False) -> None:
     faces = load_faces(cfg)
-    folds = prepare_folds(cfg, paths, runtime, force)
+    folds = prepare_folds(cfg, paths, runtime, force, faces)
     wanted = cfg.finetune.run_folds if cfg.finetune.run_folds is not None else list(range(cfg.finetune.folds))
     for k in wanted:
         if not 0 <= k < cfg.finetune.folds:
