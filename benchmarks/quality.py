@@ -289,6 +289,7 @@ def predict_cross(plan: Plan) -> dict[str, float]:
     from deepfake_pipeline.dataset import load_layout
     from deepfake_pipeline.images import save_csv
     from deepfake_pipeline.score import score_files
+    from deepfake_pipeline.shift import check_score_shift
     from deepfake_pipeline.submission import write_submission
     from deepfake_pipeline.trained import (
         ensemble_logits,
@@ -314,8 +315,11 @@ def predict_cross(plan: Plan) -> dict[str, float]:
     save_csv(out / "test_probs.csv", probs)
     write_submission(probs, read_threshold(paths), test_ids, out / "submission.csv")
     missing = int(np.sum([i not in prob for i in test_ids]))
-    scores = score_files(out / "submission.csv", plan.cross / "test_solution.csv", out / "test_probs.csv")
+    scores: dict[str, Any] = score_files(out / "submission.csv", plan.cross / "test_solution.csv", out / "test_probs.csv")
     scores["unaligned"] = float(missing)
+    called = pd.read_csv(out / "submission.csv", dtype={"Id": str}).set_index("Id").loc[list(prob), "target_feature"]
+    shift = check_score_shift(np.array(list(prob.values())), paths.oof_csv, float(called.mean()), "cross")
+    scores["score_shift"] = shift.as_dict() if shift else None
     return scores
 
 
@@ -496,6 +500,7 @@ def run(args: argparse.Namespace, command: str) -> int:
     if "self_made" in threshold:
         notes.append(self_made_note(threshold))
     notes.append(calls_note(plan.run_dir / "submission.csv", plan.dataset / "test_solution.csv"))
+    notes.append(shift_note(json.loads((plan.run_dir / "predict.json").read_text()).get("score_shift"), "test"))
 
     if cfg.data.extra_roots or not cfg.data.train_root:
         notes.append(f"trained on {training_sources(cfg)}; OOF AUC per set: {oof_by_source(oof, cfg)}")
@@ -507,6 +512,9 @@ def run(args: argparse.Namespace, command: str) -> int:
         predict_s, cross = run_stage("cross-predict", plan, lambda: predict_cross(plan))
         if cross.get("unaligned"):
             notes.append(f"{int(cross['unaligned'])} cross test images unreadable: train prior")
+        notes.append(calls_note(plan.run_dir / f"cross-{plan.cross.name}" / "submission.csv",
+                                plan.cross / "test_solution.csv").replace("test calls", "cross calls"))
+        notes.append(shift_note(cross.get("score_shift"), "cross"))
     base_s, base = run_stage("baseline", plan, lambda: run_baseline(plan))
     probe_s, probe = run_stage("probe", plan, lambda: run_probe(plan))
     total = time.perf_counter() - started
@@ -717,6 +725,16 @@ def calls_note(submission: Path, solution: Path) -> str:
     caught = f", fakes called fake {called[fake].mean():.0%}, reals called fake {called[~fake].mean():.0%}" \
         if fake.any() and (~fake).any() else ""
     return f"test calls at the OOF threshold: {called.mean():.0%} fake (true {fake.mean():.0%}){caught}"
+
+
+def shift_note(shift: dict[str, Any] | None, what: str) -> str:
+    """The row's note on ``shift.score_shift`` (predict.json ``score_shift``): do the scores fit a mix of
+    the OOF real and fake scores, and which mix."""
+    if not shift:
+        return f"{what} score-shift check: too few items"
+    verdict = "SHIFTED (predict warns)" if shift["shifted"] else "fits"
+    return (f"{what} scores vs a mix of OOF real/fake scores: KS {shift['distance']:.2f} ({shift['expected']:.2f} "
+            f"by chance), best mix {100 * shift['share']:.0f}% fake: {verdict}")
 
 
 def self_made_note(threshold: dict[str, Any]) -> str:

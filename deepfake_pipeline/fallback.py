@@ -37,6 +37,7 @@ from .errors import CheckpointError, DataValidationError, PipelineError
 from .faces import FaceDetector, centre_box, choose, detection_copy, letterbox, look_closer, make_crop
 from .images import read_image, save_csv, save_jpeg
 from .runtime import Runtime, show_progress
+from .shift import check_score_shift
 from .submission import call_fake, prior_answer, validate_submission
 from .trained import (
     Calibration,
@@ -648,6 +649,9 @@ def safe_inference(cfg: Config, paths: RunPaths, runtime: Runtime, out: Path, fa
             reasons.setdefault(i, "no prediction")
     submission = pd.DataFrame({"Id": test_ids, "target_feature": labels})
     validate_submission(submission, test_ids)
+    answered = [k for k, i in enumerate(test_ids) if i in answers]
+    check_score_shift(np.array([probs_out[k] for k in answered]), paths.oof_csv,
+                      float(np.mean([labels[k] for k in answered])) if answered else float("nan"), "safe inference")
     probs = pd.DataFrame({"Id": test_ids, "prob": probs_out, "source": [source[i] for i in test_ids],
                           "status": [status.get(i, "") for i in test_ids]})
     problems = pd.DataFrame(
@@ -693,6 +697,9 @@ def inspect_images(cfg: Config, paths: RunPaths, runtime: Runtime, inputs: list[
                      "status": a.status, "note": "; ".join(filter(None, [a.note, note]))})
     frame = pd.DataFrame(rows, columns=["Id", "prob", "label", "status", "note"])
     frame["label"] = frame["label"].astype("Int64")
+    judged = frame["label"].notna()
+    check_score_shift(frame.loc[judged, "prob"].to_numpy(), paths.oof_csv,
+                      float(frame.loc[judged, "label"].mean()) if judged.any() else float("nan"), "--input")
     return frame
 
 

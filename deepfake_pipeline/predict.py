@@ -11,7 +11,9 @@ training images are refused.
 The threshold was fitted on single fold models' out-of-fold probabilities, and it labels the mean of
 the folds' calibrated log-odds, which is less extreme where the folds disagree. ``predict.json``
 measures what that does on each test set: the share each fold alone would call fake beside the
-ensemble's share, and how many labels the ensemble changes against the folds' majority.
+ensemble's share, and how many labels the ensemble changes against the folds' majority. It also
+records whether the test scores fit a mix of the OOF real and fake scores (``shift.py``), and the
+log warns when they do not: the calls at the OOF threshold are then not to be trusted.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .dataset import load_layout
 from .errors import PipelineError
 from .images import atomic_write_text, save_csv
 from .runtime import Runtime
+from .shift import check_score_shift
 from .submission import call_fake, prior_answer, write_submission
 from .trained import check_test_stage1, ensemble_logits, finished_folds, oof_is_current, pool_oof, sigmoid
 
@@ -71,15 +74,17 @@ def run_predict(cfg: Config, runtime: Runtime, paths: RunPaths, force: bool = Fa
     save_csv(paths.test_probs_csv, probs)
     submission = write_submission(probs, threshold, test_ids, paths.submission_csv)
     agreement = fold_agreement(per_fold, threshold)
-    atomic_write_text(paths.root / "predict.json", json.dumps({"threshold": threshold, "folds": folds, **agreement},
-                                                              indent=2))
+    fake_share = float(submission["target_feature"].mean())
+    shift = check_score_shift(np.array(list(prob.values())), paths.oof_csv, fake_share, "predict")
+    atomic_write_text(paths.root / "predict.json", json.dumps(
+        {"threshold": threshold, "folds": folds, **agreement, "score_shift": shift.as_dict() if shift else None},
+        indent=2))
     if agreement["n"]:
         log.info("predict: alone, the folds would call %s fake; the ensemble %.1f%% (%d label(s) against the folds' "
                  "majority; folds disagree on %.1f%%) -> predict.json",
                  "/".join(f"{100 * v:.1f}%" for v in agreement["fold_fake_share"]),
                  100 * agreement["ensemble_fake_share"], agreement["ensemble_against_majority"],
                  100 * agreement["folds_disagree"])
-    fake_share = float(submission["target_feature"].mean())
     log.info("predict: %d test %s, %d folds x %d TTA views, threshold %.4f, %d predicted fake (%.1f%%; OOF "
              "%.1f%%, expected from the calibrated probabilities %.1f%%) -> %s", len(test_ids),
              "clips" if cfg.data.modality == "audio" else "images", len(folds),

@@ -15,6 +15,10 @@ PYTHON = sys.executable
 # Tests run on the CPU with one thread each: two cores, several processes at once in some tests
 # (two threads measured 4-6x slower than one on a busy 2-core machine).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The few long single-process tests take both cores when they run alone, one beside another test
+# worker (make test runs two, pytest-xdist): more torch threads than free cores spin and fight for
+# them (the lfw_swap real-data test took 1221 s at two threads beside another file, 221 s alone).
+WHOLE_CPU_THREADS = "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2"
 
 
 def shared_dataset(name: str) -> Path:

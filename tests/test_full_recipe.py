@@ -21,7 +21,7 @@ import pytest
 from deepfake_pipeline.config import load_config
 from deepfake_pipeline.demo_data import generate
 
-from .conftest import REPO
+from .conftest import REPO, WHOLE_CPU_THREADS
 from .helpers import run_cli
 
 pytestmark = pytest.mark.slow
@@ -43,7 +43,7 @@ def test_default_recipe_end_to_end_at_512(tmp_path: Path) -> None:
     assert cfg.model.channels == ["rgb", "fft", "srm"] and cfg.finetune.folds == 5
     assert list(cfg.predict.tta) == ["identity", "hflip"]
 
-    env = {"OMP_NUM_THREADS": "2"}
+    env = {"OMP_NUM_THREADS": WHOLE_CPU_THREADS}
     proc = run_cli(["align_faces.py", *args], env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = run_cli(["train.py", *args, "--stage", "ssl"], env=env, timeout=900)

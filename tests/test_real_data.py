@@ -2,7 +2,7 @@
 
 lfw_swap's 2400 training faces and a balanced subset of 400 test faces (fixed seed) through the CLIs
 with the CPU recipe's settings at a short length: native-resolution alignment, 2 folds of 2 epochs
-(two torch threads: the test runs alone), prediction. lfw_swap's fakes leave resampling traces that
+(two torch threads when the test runs alone), prediction. lfw_swap's fakes leave resampling traces that
 the CPU recipe finds within an epoch (fold AUC 0.96 after one epoch of 1920 faces). Measured
 2026-11-30 on the 2-core VM: test AUC 0.929 (SE 0.012), accuracy 0.873, 209 s. 2 folds x 3 epochs
 of a 600-face subset reached only 0.76: too few steps, so the bounds below sit well under what
@@ -20,7 +20,7 @@ import pytest
 
 from deepfake_pipeline.metrics import auc_standard_error, binary_metrics
 
-from .conftest import REPO, shared_dataset
+from .conftest import REPO, WHOLE_CPU_THREADS, shared_dataset
 from .helpers import run_cli
 
 pytestmark = pytest.mark.slow
@@ -49,7 +49,7 @@ def test_lfw_swap_subset_is_detected(tmp_path: Path) -> None:
             "finetune.folds=2", "finetune.epochs=2", "align.workers=0", "run.workers=0"]
     args = ["--config", str(REPO / "configs/cpu.yaml")] + [a for s in sets for a in ("--set", s)]
     for cli in (["align_faces.py"], ["train.py", "--stage", "all"]):
-        proc = run_cli([*cli, *args], env={"OMP_NUM_THREADS": "2"}, timeout=1500)
+        proc = run_cli([*cli, *args], env={"OMP_NUM_THREADS": WHOLE_CPU_THREADS}, timeout=1500)
         assert proc.returncode == 0, proc.stderr[-3000:]
     probs = pd.read_csv(tmp_path / "run" / "test_probs.csv", dtype={"Id": str}).set_index("Id")["prob"]
     auc = binary_metrics(answers.to_numpy(), probs.loc[answers.index].to_numpy())["auc"]

@@ -1,0 +1,91 @@
+"""Do the test scores look like the out-of-fold scores? A warning for test sets the model never met.
+
+Without a shift, a test set's calibrated probabilities are a mix of the OOF probabilities of real
+items and of fake items, in the test set's (unknown) proportion. :func:`score_shift` finds the mix
+that fits the test scores best (Kolmogorov-Smirnov distance between the test scores' distribution
+and ``share * fake + (1 - share) * real`` of the OOF scores, over a grid of shares) and compares the
+remaining distance with what sampling alone gives (the two-sample KS bound at ``alpha``). A test set
+from another source or generator usually lands where the OOF scores never were (in the middle, or
+all on one side with another shape), and no mix fits: its calls at the OOF threshold can then be far
+from the true share in either direction, and the mean probability is no guide to it either. The
+check uses scores only, so it says nothing where unseen fakes score exactly like the OOF reals; the
+best-fitting share is also an estimate of the test set's fake share that does not use the threshold.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+MIN_ITEMS = 20  # fewer test or OOF items per class: no verdict
+MIN_DISTANCE = 0.10  # a distance below this is too small to matter, however many items there are
+
+
+@dataclass(frozen=True)
+class ScoreShift:
+    n_test: int
+    share: float  # the fake share of the best-fitting mix of the OOF real and fake scores
+    distance: float  # KS distance between the test scores and that mix
+    expected: float  # the distance sampling alone exceeds with probability alpha
+    shifted: bool
+
+    def as_dict(self) -> dict[str, object]:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def ks_critical(alpha: float) -> float:
+    """c(alpha) of the two-sample Kolmogorov-Smirnov test (asymptotic): sqrt(-ln(alpha / 2) / 2)."""
+    return math.sqrt(-math.log(alpha / 2) / 2)
+
+
+def score_shift(test: np.ndarray, oof_real: np.ndarray, oof_fake: np.ndarray, alpha: float = 0.001,
+                grid: int = 101) -> ScoreShift | None:
+    """The best mix of OOF real and fake scores for ``test`` and whether even it is too far off.
+
+    None when a sample is too small to tell (fewer than ``MIN_ITEMS``).
+    """
+    test, real, fake = (np.sort(np.asarray(a, dtype=float)[np.isfinite(a)]) for a in (test, oof_real, oof_fake))
+    if min(len(test), len(real), len(fake)) < MIN_ITEMS:
+        return None
+    points = np.concatenate([test, real, fake])
+    cdf = [np.searchsorted(s, points, side="right") / len(s) for s in (test, real, fake)]
+    shares = np.linspace(0.0, 1.0, grid)
+    gaps = np.abs(cdf[0][None, :] - (shares[:, None] * cdf[2][None, :] + (1 - shares[:, None]) * cdf[1][None, :]))
+    distances = gaps.max(axis=1)
+    best = int(np.argmin(distances))
+    share = float(shares[best])
+    # The mix's own sampling error: its ECDF is share * F_fake + (1 - share) * F_real of two samples.
+    reference_var = share ** 2 / len(fake) + (1 - share) ** 2 / len(real)
+    expected = ks_critical(alpha) * math.sqrt(1 / len(test) + reference_var)
+    distance = float(distances[best])
+    return ScoreShift(len(test), share, distance, expected, distance > max(expected, MIN_DISTANCE))
+
+
+def oof_reference(oof: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The OOF probabilities of the dataset's own real and fake items (self-made fakes left out)."""
+    own = oof["made_by"].fillna("").astype(str).eq("") if "made_by" in oof.columns else pd.Series(True, oof.index)
+    rows = oof[own]
+    return rows.loc[rows["target"] == 0, "prob"].to_numpy(), rows.loc[rows["target"] == 1, "prob"].to_numpy()
+
+
+def check_score_shift(test_probs: np.ndarray, oof_csv: Path, called_share: float, what: str) -> ScoreShift | None:
+    """:func:`score_shift` against a run's ``oof.csv``, with a warning when the test set is shifted.
+
+    None without an ``oof.csv`` (a run whose folds were never pooled) or with too few items."""
+    if not oof_csv.is_file():
+        return None
+    result = score_shift(test_probs, *oof_reference(pd.read_csv(oof_csv, dtype={"Id": str}, keep_default_na=False)))
+    if result is not None and result.shifted:
+        log.warning("%s: these scores match no mix of the out-of-fold real and fake scores (KS distance %.2f at "
+                    "best, %.2f by chance): the inputs are unlike the training data (another source or "
+                    "generator?), so the calls at the OOF threshold (%.1f%% fake) may be far off the true share, "
+                    "either way; the best mix has %.0f%% fake", what, result.distance, result.expected,
+                    100 * called_share, 100 * result.share)
+    return result
