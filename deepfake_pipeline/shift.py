@@ -70,7 +70,7 @@ def score_shift(test: np.ndarray, oof_real: np.ndarray, oof_fake: np.ndarray, al
 
 def oof_reference(oof: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """The OOF probabilities of the dataset's own real and fake items (self-made fakes left out)."""
-    own = oof["made_by"].fillna("").astype(str).eq("") if "made_by" in oof.columns else pd.Series(True, oof.index)
+    own = oof["made_by"].astype(object).fillna("").astype(str).eq("") if "made_by" in oof.columns else pd.Series(True, oof.index)
     rows = oof[own]
     return rows.loc[rows["target"] == 0, "prob"].to_numpy(), rows.loc[rows["target"] == 1, "prob"].to_numpy()
 

@@ -388,7 +388,7 @@ def oof_figures(oof: pd.DataFrame) -> dict[str, object]:
     Self-made fakes (``made_by``) stay out of all of these (:func:`reference_mask`); ``self_made``
     scores them apart, against the real items: AUC overall and per method, and the share called fake."""
     if "made_by" in oof.columns:  # read back from a CSV, an own item's empty made_by may be NaN
-        oof = oof.assign(made_by=oof["made_by"].fillna("").astype(str))
+        oof = oof.assign(made_by=oof["made_by"].astype(object).fillna("").astype(str))  # all-NaN: float64
     all_rows = oof
     has_made = "made_by" in oof.columns and bool((oof["made_by"] != "").any())
     ref = reference_mask(oof)
