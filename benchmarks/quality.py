@@ -306,7 +306,8 @@ def predict_cross(plan: Plan) -> dict[str, float]:
     folds = finished_folds(paths, cfg.finetune.folds)
     runtime = inference_runtime(cfg.run.device, cfg.run.amp, cfg.run.channels_last)
     faces = usable_faces(pd.read_csv(plan.cross_faces / "faces.csv", dtype={"Id": str}, keep_default_na=False), "test")
-    test_ids = list(load_layout(DataConfig(root=str(plan.cross)), check_images=False).test.frame["Id"])
+    test_ids = list(load_layout(DataConfig(root=str(plan.cross), modality=cfg.data.modality),
+                                check_images=False).test.frame["Id"])
     ids, logits = per_id(faces["Id"], ensemble_logits(cfg, paths, runtime, folds, list(faces["path"])))
     prob = dict(zip(ids, sigmoid(logits)))
     prior = float(pd.read_csv(plan.dataset / "train_solution.csv")["target_feature"].mean())

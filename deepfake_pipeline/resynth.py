@@ -15,6 +15,10 @@ Methods (``METHODS``), each ``f(x, rate, rng) -> y`` on mono float64 samples:
   mel-spectrogram vocoder must invert.
 - ``lpc``: a source-filter vocoder: per 10 ms, an order-18 all-pole envelope and gain, a pitch
   pulse train (autocorrelation pitch, 60-400 Hz) or white noise as excitation.
+- ``hnm``: harmonic plus noise: below 4 kHz, in voiced frames, the harmonics of an autocorrelation
+  pitch track (every 5 ms) at the STFT's amplitudes, their phases locked to the fundamental's
+  (k times its phase: more regular than speech, as a neural vocoder's); above 4 kHz and in unvoiced
+  frames, the STFT magnitude with random phase.
 - ``pvoc``: a phase-vocoder time-stretch round trip (x0.8 then back): magnitudes interpolated, phases
   re-accumulated from instantaneous frequencies.
 
@@ -139,7 +143,55 @@ def pvoc(x: np.ndarray, rate: int, rng: np.random.Generator) -> np.ndarray:
     return _fit(_stretch(_stretch(x, factor, n_fft, hop), 1.0 / factor, n_fft, hop), len(x))
 
 
-METHODS: dict[str, Method] = {"griffinlim": griffinlim, "mel": mel, "lpc": lpc, "pvoc": pvoc}
+def _frame_pitch(x: np.ndarray, rate: int, hop: int, frames: int) -> np.ndarray:
+    """Autocorrelation f0 (Hz, 60-400) of 40 ms frames centred at ``m * hop``; 0 where unvoiced."""
+    size = int(round(0.04 * rate))
+    lo, hi = rate // 400, rate // 60
+    padded = np.pad(x, (size // 2, size + frames * hop))
+    segments = np.lib.stride_tricks.sliding_window_view(padded, size)[: frames * hop: hop] * np.hanning(size)
+    n = 1 << int(np.ceil(np.log2(2 * size)))  # zero-padded FFT: the linear autocorrelation of each frame
+    r = np.fft.irfft(np.abs(np.fft.rfft(segments, n, axis=1)) ** 2, n, axis=1)[:, : hi + 1]
+    lag = lo + np.argmax(r[:, lo: hi + 1], axis=1)
+    peak = r[np.arange(frames), lag]
+    f0 = np.where((r[:, 0] > 0.0) & (peak > 0.35 * r[:, 0]), rate / lag, 0.0)
+    voiced = f0 > 0  # a 5-frame median over voiced neighbours removes octave jumps
+    smooth = f0.copy()
+    for m in np.flatnonzero(voiced):
+        near = f0[max(m - 2, 0): m + 3]
+        smooth[m] = float(np.median(near[near > 0]))
+    return smooth
+
+
+def hnm(x: np.ndarray, rate: int, rng: np.random.Generator) -> np.ndarray:
+    n_fft, hop, max_voiced = 1024, rate // 200, 4000.0
+    spec = _stft(x, n_fft, hop)  # |spec| of a sinusoid of amplitude A is A / 2 (scipy's scaling)
+    magnitude = np.abs(spec)
+    frames = magnitude.shape[1]
+    f0 = _frame_pitch(x, rate, hop, frames)
+    t_frames = np.arange(frames) * hop
+    t = np.arange(len(x))
+    f0_t = np.interp(t, t_frames, f0)
+    voiced_t = np.interp(t, t_frames, (f0 > 0).astype(float))
+    f0_t = np.where(f0_t > 0, np.maximum(f0_t, 60.0), 0.0)
+    phase = 2.0 * np.pi * np.cumsum(f0_t) / rate  # one phase for all harmonics: k * phase, locked
+    n_harm = int(max_voiced // 60.0)
+    harmonic = np.zeros(len(x))
+    for k in range(1, n_harm + 1):
+        cols = np.flatnonzero((f0 > 0) & (k * f0 < max_voiced))
+        if not len(cols):
+            break
+        pos = k * f0[cols] * n_fft / rate  # the harmonic's fractional STFT bin, read by linear interpolation
+        below, frac = pos.astype(int), pos % 1.0
+        amp = np.zeros(frames)
+        amp[cols] = 2.0 * ((1.0 - frac) * magnitude[below, cols] + frac * magnitude[below + 1, cols])
+        harmonic += np.interp(t, t_frames, amp) * voiced_t * np.cos(k * phase)
+    freqs = np.fft.rfftfreq(n_fft, 1.0 / rate)
+    noise_mask = np.where((f0 > 0)[None, :], (freqs >= max_voiced)[:, None], True)
+    noise = magnitude * noise_mask * np.exp(2j * np.pi * rng.random(magnitude.shape))
+    return harmonic + _istft(noise, n_fft, hop, len(x))
+
+
+METHODS: dict[str, Method] = {"griffinlim": griffinlim, "mel": mel, "lpc": lpc, "pvoc": pvoc, "hnm": hnm}
 
 
 def resynthesise(x: np.ndarray, rate: int, method: str, seed: int) -> np.ndarray:
