@@ -219,3 +219,21 @@ def test_codec_benchmark_out_of_fold_reproduces_the_runs_oof(prepared: Path, who
     insample = roc_auc_score(oof["target"], oof["prob_insample"])  # the fold's own calibration, as the benchmark
     assert float(rows["flac (as is)"][4].split()[0]) == pytest.approx(insample, abs=6e-4)
     assert 5 < float(rows["mp3"][3]) < 128 and len(list((tmp_path / "train-mp3").iterdir())) == len(oof)
+
+
+def test_quality_harness_scores_a_speech_cross_set(prepared: Path, tmp_path: Path) -> None:
+    """benchmarks/quality.py on speech with --cross (it once read the cross set as an image layout):
+    the cross clips are prepared, predicted by the run's folds, scored, and the score-shift check's
+    verdict is in the row. Mechanics only: 27 training clips, one epoch."""
+    other = tmp_path / "other"
+    generate(other, n=16, test_share=0.5, seed=9)
+    results = tmp_path / "RESULTS.md"
+    proc = run_cli(["benchmarks/quality.py", str(prepared / "data"), "--cross", str(other),
+                    "--config", str(config(prepared, "harness")), "--set", "finetune.epochs=1", "--tag", "speech",
+                    "--scratch", str(tmp_path / "scratch"), "--results", str(results)], timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    record = json.loads((tmp_path / "scratch" / "runs" / "speech" / "quality.json").read_text())
+    answers = pd.read_csv(other / "test_solution.csv")
+    assert record["cross"]["n"] == len(answers) == 8
+    assert "cross calls at the OOF threshold" in record["row"]["notes"]
+    assert "cross score-shift check: too few items" in record["row"]["notes"]  # 8 clips: no verdict
