@@ -314,11 +314,11 @@ def predict_cross(plan: Plan) -> dict[str, float]:
     out = plan.run_dir / f"cross-{plan.cross.name}"
     probs = pd.DataFrame({"Id": test_ids, "prob": [float(prob.get(i, prior)) for i in test_ids]})
     save_csv(out / "test_probs.csv", probs)
-    write_submission(probs, read_threshold(paths), test_ids, out / "submission.csv")
+    submission = write_submission(probs, read_threshold(paths), test_ids, out / "submission.csv")
     missing = int(np.sum([i not in prob for i in test_ids]))
     scores: dict[str, Any] = score_files(out / "submission.csv", plan.cross / "test_solution.csv", out / "test_probs.csv")
     scores["unaligned"] = float(missing)
-    called = pd.read_csv(out / "submission.csv", dtype={"Id": str}).set_index("Id").loc[list(prob), "target_feature"]
+    called = submission.set_index("Id").loc[list(prob), "target_feature"]
     shift = check_score_shift(np.array(list(prob.values())), paths.oof_csv, float(called.mean()), "cross")
     scores["score_shift"] = shift.as_dict() if shift else None
     return scores

@@ -69,9 +69,11 @@ def score_shift(test: np.ndarray, oof_real: np.ndarray, oof_fake: np.ndarray, al
 
 
 def oof_reference(oof: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """The OOF probabilities of the dataset's own real and fake items (self-made fakes left out)."""
-    own = oof["made_by"].astype(object).fillna("").astype(str).eq("") if "made_by" in oof.columns else pd.Series(True, oof.index)
-    rows = oof[own]
+    """The OOF probabilities of the real and fake items the threshold was chosen on
+    (``trained.reference_mask``: the dataset's own items, self-made fakes left out)."""
+    from .trained import reference_mask  # torch-free callers (tests) keep this module light
+
+    rows = oof[reference_mask(oof)]
     return rows.loc[rows["target"] == 0, "prob"].to_numpy(), rows.loc[rows["target"] == 1, "prob"].to_numpy()
 
 
