@@ -6,6 +6,7 @@ then the mean of ``--steps`` steps. For choosing ``model.img_size`` and the back
 the ratios, not the absolute figures (a shared CPU varies from run to run).
 
     python benchmarks/backbone_speed.py --backbones efficientnet_lite0,convnextv2_atto --sizes 128,160,224
+    python benchmarks/backbone_speed.py --backbones efficientnet_lite0 --sizes 224 --freeze 0,3,4 --channels rgb
 """
 
 from __future__ import annotations
@@ -25,13 +26,16 @@ from deepfake_pipeline.config import load_config  # noqa: E402
 from deepfake_pipeline.model import build_classifier  # noqa: E402
 
 
-def images_per_s(backbone: str, size: int, batch: int, steps: int) -> tuple[float, float]:
+def images_per_s(backbone: str, size: int, batch: int, steps: int, freeze: int = 0,
+                 channels: str = "rgb,fft,srm") -> tuple[float, float]:
     cfg = load_config(None, ["run.name=speed", f"model.backbone={backbone}", "ssl.enabled=false",
-                             "finetune.init=scratch", f"model.img_size={size}"])
+                             "finetune.init=scratch", f"model.img_size={size}",
+                             f"model.channels=[{channels}]"])
     model = build_classifier(cfg.model)
     model.freeze_bn = True
+    model.freeze_stages(freeze)  # random weights: speed only
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
     x, y = torch.rand(batch, 3, size, size), torch.randint(0, 2, (batch,)).float()
     for step in range(steps + 1):
         if step == 1:
@@ -57,13 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--freeze", default="0", help="finetune.freeze_stages values, comma-separated")
+    p.add_argument("--channels", default="rgb,fft,srm", help="model.channels, comma-separated")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print("| backbone | px | train img/s | inference img/s |\n|---|---|---|---|")
+    print("| backbone | px | frozen stages | train img/s | inference img/s |\n|---|---|---|---|---|")
     for backbone in args.backbones.split(","):
         for size in (int(s) for s in args.sizes.split(",")):
-            train, infer = images_per_s(backbone, size, args.batch, args.steps)
-            print(f"| {backbone} | {size} | {train:.1f} | {infer:.1f} |", flush=True)
+            for freeze in (int(f) for f in args.freeze.split(",")):
+                train, infer = images_per_s(backbone, size, args.batch, args.steps, freeze, args.channels)
+                print(f"| {backbone} | {size} | {freeze} | {train:.1f} | {infer:.1f} |", flush=True)
     return 0
 
 

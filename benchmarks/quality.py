@@ -526,7 +526,8 @@ def run(args: argparse.Namespace, command: str) -> int:
         "dataset": plan.dataset.name, "cross": plan.cross.name if plan.cross else "-", "tag": plan.tag,
         "config + overrides": " ".join([_rel(plan.config), *plan.user_sets]),
         "device": device_text(cfg, args.threads, (load_start, os.getloadavg()[0])), "backbone": cfg.model.backbone
-        + ("" if cfg.model.channels == ["rgb", "fft", "srm"] else f" ({'+'.join(cfg.model.channels)})"),
+        + ("" if cfg.model.channels == ["rgb", "fft", "srm"] else f" ({'+'.join(cfg.model.channels)})")
+        + (f", stem + {cfg.finetune.freeze_stages} stages frozen" if cfg.finetune.freeze_stages else ""),
         "px": f"{cfg.model.img_size} ({cfg.model.fit} of {cfg.align.size}{'' if cfg.align.resize else ' native'})"
         if cfg.data.modality != "audio" else f"{cfg.audio.n_mels}x{cfg.audio.frames} spectrogram windows",
         "epochs ssl/ft": f"{cfg.ssl.epochs if times['ssl'] not in ('-',) else 0}/{cfg.finetune.epochs}",

@@ -211,6 +211,10 @@ class FinetuneConfig:
     # BatchNorm layers keep their pretrained running statistics (eval mode) while training: batches
     # of 16-32 on a CPU give noisy statistics. No effect on ConvNeXt (LayerNorm only).
     freeze_bn: bool = False
+    # When > 0, the stem and this many stages of the backbone keep their trained weights and run as a fixed
+    # feature extractor (eval mode, no gradients): the backward pass skips the high-resolution early
+    # layers, so a CPU can fine-tune at a larger input. Needs a trained start (pretrained or ssl).
+    freeze_stages: int = 0
     save_every: int = 0
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(lr=5e-4, weight_decay=0.05, layer_decay=None)
@@ -395,6 +399,7 @@ def _check_values(cfg: Config) -> None:
                             "(finetune.init pretrained or scratch)")
         if cfg.finetune.optim.layer_decay is not None:
             problems.append("finetune.optim.layer_decay: ConvNeXt only (use finetune.optim.backbone_lr_scale)")
+    problems += _freeze_problems(cfg)
     if cfg.finetune.folds < 2:
         problems.append("finetune.folds: at least 2 folds are needed")
     if cfg.finetune.select_metric not in ("val_auc", "val_f1", "val_logloss", "val_acc"):
@@ -411,6 +416,21 @@ def _check_values(cfg: Config) -> None:
         problems.append("diamonds.max_fraction: must be between 0 and 1")
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+def _freeze_problems(cfg: Config) -> list[str]:
+    n = cfg.finetune.freeze_stages
+    if n == 0:
+        return []
+    if n < 0:
+        return ["finetune.freeze_stages: must be >= 0"]
+    if cfg.finetune.init == "scratch":
+        return ["finetune.freeze_stages: frozen random weights learn nothing (finetune.init pretrained or ssl)"]
+    if cfg.finetune.init == "pretrained" and list(cfg.model.channels) != ["rgb"]:
+        # The added channels' stem weights start at zero; a frozen stem keeps them there.
+        return [f"finetune.freeze_stages: the stem is frozen, so the {cfg.model.channels} channels beyond rgb "
+                "would keep their zero start weights and add nothing (model.channels [rgb])"]
+    return []
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

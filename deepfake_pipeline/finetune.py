@@ -328,6 +328,7 @@ def train_fold(
     model = build_classifier(dataclasses.replace(cfg.model, pretrained=cfg.finetune.init == "pretrained"))
     _init_backbone(model, cfg, paths)
     model.freeze_bn = cfg.finetune.freeze_bn
+    model.freeze_stages(cfg.finetune.freeze_stages)
     augment = augment_for(cfg, cfg.finetune.aug).to(runtime.device)
     fit = input_fit(cfg.model)
     # Self-Blended Images (finetune.aug.sbi > 0) on the whole aligned faces (the landmarks are theirs),

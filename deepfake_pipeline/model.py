@@ -128,6 +128,7 @@ class DeepfakeClassifier(nn.Module):
 
     ``freeze_bn``: BatchNorm layers stay in eval mode in training (their running statistics keep the
     pretrained values; their affine weights still learn): small CPU batches give noisy statistics.
+    :meth:`freeze_stages` fixes the stem and the first stages outright (see there).
     """
 
     def __init__(self, cfg: ModelConfig, pretrained_file: str | Path | None = None) -> None:
@@ -148,6 +149,17 @@ class DeepfakeClassifier(nn.Module):
             raise ConfigError(f"model.pool: {cfg.pool!r} is not one of global, time")
         self.num_features: int = self.backbone.num_features * self.rows
         self.head = nn.Sequential(nn.Dropout(cfg.head_dropout), nn.Linear(self.num_features, 1))
+        self.frozen: list[nn.Module] = []
+
+    def freeze_stages(self, n: int) -> None:
+        """The stem and the first ``n`` stages become a fixed feature extractor: no gradients (so the
+        backward pass stops above them, the cheap part of a CPU step at a large input) and eval mode
+        in training too (BatchNorm statistics, dropout and drop-path as at inference)."""
+        prefix = frozen_prefix(self.backbone, n)
+        for module in prefix:
+            module.requires_grad_(False)
+        self.frozen = prefix
+        self.train(self.training)
 
     def train(self, mode: bool = True) -> DeepfakeClassifier:
         super().train(mode)
@@ -155,6 +167,9 @@ class DeepfakeClassifier(nn.Module):
             for module in self.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
+        if mode:
+            for module in self.frozen:
+                module.eval()
         return self
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -172,6 +187,20 @@ class DeepfakeClassifier(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Logits, shape (B,), of a float RGB batch in [0, 1] (B, 3, H, W); 1 = fake."""
         return self.head(self.forward_features(x)).squeeze(1)
+
+
+def frozen_prefix(backbone: nn.Module, n: int) -> list[nn.Module]:
+    """The stem's modules and the first ``n`` stages of a timm ConvNeXt (``stem``, ``stages``) or
+    EfficientNet (``conv_stem``, ``bn1``, ``blocks``), in forward order; none for ``n`` 0."""
+    if hasattr(backbone, "stages"):
+        stem, stages = [backbone.stem], backbone.stages
+    elif hasattr(backbone, "blocks") and hasattr(backbone, "conv_stem"):
+        stem, stages = [backbone.conv_stem, backbone.bn1], backbone.blocks
+    else:
+        raise ConfigError(f"finetune.freeze_stages: {type(backbone).__name__} has no known stem and stages")
+    if not 0 <= n <= len(stages):
+        raise ConfigError(f"finetune.freeze_stages: {n} is not in 0..{len(stages)} (the backbone's stages)")
+    return [*stem, *list(stages)[:n]] if n else []
 
 
 def build_classifier(cfg: ModelConfig, pretrained_file: str | Path | None = None) -> DeepfakeClassifier:

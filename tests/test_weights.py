@@ -161,3 +161,51 @@ def test_config_refuses_ssl_and_layer_decay_on_efficientnet() -> None:
         load_config(None, [*BASE[:-2], "finetune.init=ssl"])
     with pytest.raises(ConfigError, match="layer_decay: ConvNeXt only"):
         load_config(None, [*BASE, "finetune.optim.layer_decay=0.8"])
+
+
+def test_frozen_stages_keep_their_weights_and_statistics_while_the_rest_learns() -> None:
+    """finetune.freeze_stages 2: the stem and blocks 0-1 are a fixed feature extractor. Catches a
+    freeze that only drops the optimizer group (BatchNorm statistics would still drift in train
+    mode, dropout and drop-path would still fire) and one that freezes too much or too little."""
+    cfg = lite0("[rgb]", "model.drop_path=0.2")
+    model = build_classifier(cfg)
+    model.freeze_stages(2)
+    model.train()  # freeze_bn stays off: only the frozen prefix keeps its statistics
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {n for n, _ in model.named_parameters()
+                      if n.startswith(("backbone.conv_stem.", "backbone.bn1.", "backbone.blocks.0.", "backbone.blocks.1."))}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(torch.rand(4, 3, 64, 64)), torch.ones(4))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = model.state_dict()
+    prefix = ("backbone.conv_stem.", "backbone.bn1.", "backbone.blocks.0.", "backbone.blocks.1.")
+    assert all(torch.equal(after[k], v) for k, v in before.items() if k.startswith(prefix))  # weights and BN stats
+    assert not torch.equal(after["backbone.blocks.2.0.bn1.running_mean"], before["backbone.blocks.2.0.bn1.running_mean"])
+    assert not torch.equal(after["backbone.blocks.6.0.conv_pw.weight"], before["backbone.blocks.6.0.conv_pw.weight"])
+    assert not model.backbone.blocks[1].training and model.backbone.blocks[2].training
+    x = torch.rand(2, 3, 64, 64)
+    prefix_out = lambda: model.backbone.blocks[:2](model.backbone.bn1(model.backbone.conv_stem(x)))  # noqa: E731
+    assert torch.equal(prefix_out(), prefix_out())  # no drop-path in the frozen part
+
+
+def test_freeze_stages_bounds_and_config_checks() -> None:
+    model = build_classifier(dataclasses.replace(lite0(), pretrained=False))
+    model.freeze_stages(0)
+    assert all(p.requires_grad for p in model.parameters())
+    with pytest.raises(ConfigError, match="8 is not in 0..7"):
+        model.freeze_stages(8)
+    with pytest.raises(ConfigError, match="zero start weights"):
+        load_config(None, [*BASE, "model.channels=[rgb,fft]", "finetune.freeze_stages=2"])
+    with pytest.raises(ConfigError, match="frozen random weights"):
+        load_config(None, [*BASE, "model.channels=[rgb]", "finetune.init=scratch", "finetune.freeze_stages=2"])
+    with pytest.raises(ConfigError, match="must be >= 0"):
+        load_config(None, [*BASE, "finetune.freeze_stages=-1"])
+    convnext = build_classifier(load_config(None, ["run.name=t", "model.backbone=convnextv2_atto"]).model)
+    convnext.freeze_stages(1)
+    assert {n.split(".")[1] for n, p in convnext.named_parameters() if not p.requires_grad} == {"stem", "stages"}
+    assert not any(p.requires_grad for p in convnext.backbone.stages[0].parameters())
+    assert all(p.requires_grad for p in convnext.backbone.stages[1].parameters())
