@@ -7,6 +7,8 @@ the ratios, not the absolute figures (a shared CPU varies from run to run).
 
     python benchmarks/backbone_speed.py --backbones efficientnet_lite0,convnextv2_atto --sizes 128,160,224
     python benchmarks/backbone_speed.py --backbones efficientnet_lite0 --sizes 224 --freeze 0,3,4 --channels rgb
+    python benchmarks/backbone_speed.py --backbones efficientnet_lite2 --sizes 192 --freeze 3 --channels rgb \
+        --memory-formats contiguous,channels_last
 """
 
 from __future__ import annotations
@@ -27,16 +29,19 @@ from deepfake_pipeline.model import build_classifier  # noqa: E402
 
 
 def images_per_s(backbone: str, size: int, batch: int, steps: int, freeze: int = 0,
-                 channels: str = "rgb,fft,srm") -> tuple[float, float]:
+                 channels: str = "rgb,fft,srm", channels_last: bool = False) -> tuple[float, float]:
     cfg = load_config(None, ["run.name=speed", f"model.backbone={backbone}", "ssl.enabled=false",
                              "finetune.init=scratch", f"model.img_size={size}",
                              f"model.channels=[{channels}]"])
     model = build_classifier(cfg.model)
     model.freeze_bn = True
     model.freeze_stages(freeze)  # random weights: speed only
+    x, y = torch.rand(batch, 3, size, size), torch.randint(0, 2, (batch,)).float()
+    if channels_last:  # as engine.to_device_float and the training loop do with run.channels_last
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     model.train()
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
-    x, y = torch.rand(batch, 3, size, size), torch.randint(0, 2, (batch,)).float()
     for step in range(steps + 1):
         if step == 1:
             start = time.perf_counter()
@@ -63,14 +68,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--freeze", default="0", help="finetune.freeze_stages values, comma-separated")
     p.add_argument("--channels", default="rgb,fft,srm", help="model.channels, comma-separated")
+    p.add_argument("--memory-formats", default="contiguous", help="contiguous and/or channels_last")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print("| backbone | px | frozen stages | train img/s | inference img/s |\n|---|---|---|---|---|")
+    print("| backbone | px | frozen stages | memory format | train img/s | inference img/s |\n|---|---|---|---|---|---|")
     for backbone in args.backbones.split(","):
         for size in (int(s) for s in args.sizes.split(",")):
             for freeze in (int(f) for f in args.freeze.split(",")):
-                train, infer = images_per_s(backbone, size, args.batch, args.steps, freeze, args.channels)
-                print(f"| {backbone} | {size} | {freeze} | {train:.1f} | {infer:.1f} |", flush=True)
+                for fmt in args.memory_formats.split(","):
+                    if fmt not in ("contiguous", "channels_last"):
+                        p.error(f"--memory-formats: {fmt!r} is neither contiguous nor channels_last")
+                    train, infer = images_per_s(backbone, size, args.batch, args.steps, freeze, args.channels,
+                                                fmt == "channels_last")
+                    print(f"| {backbone} | {size} | {freeze} | {fmt} | {train:.1f} | {infer:.1f} |", flush=True)
     return 0
 
 

@@ -18,6 +18,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
 
+# run.channels_last's values and what each means (true/false: the boolean this setting once was).
+CHANNELS_LAST_SETTINGS = {"cuda": "cuda", "true": "cuda", "always": "always", "never": "never", "false": "never"}
+
 
 @dataclass
 class DataConfig:
@@ -249,7 +252,10 @@ class RunConfig:
     # auto: bf16 on GPUs with bf16 in hardware, else fp16 + GradScaler; fp32 on the CPU. bf16 | fp16 | off:
     # as asked, on any device (the CPU runs both: the tests use that).
     amp: str = "auto"
-    channels_last: bool = True  # on CUDA only
+    # NHWC activations: cuda (on CUDA only) | always | never; true/false mean cuda/never. On the CPU it
+    # pays for EfficientNet (Lite2 at 192 px: 1.4x training and inference) but not for ConvNeXt
+    # (0.92-1.02x): benchmarks/RESULTS.md, "channels_last on the CPU, per backbone".
+    channels_last: str = "cuda"
     compile: bool = False
     # torch.compile's backend: inductor (the fast one), or e.g. eager / aot_eager to check tracing only.
     compile_backend: str = "inductor"
@@ -404,6 +410,8 @@ def _check_values(cfg: Config) -> None:
         problems.append("finetune.folds: at least 2 folds are needed")
     if cfg.finetune.select_metric not in ("val_auc", "val_f1", "val_logloss", "val_acc"):
         problems.append(f"finetune.select_metric: {cfg.finetune.select_metric!r} is not supported")
+    if cfg.run.channels_last.lower() not in CHANNELS_LAST_SETTINGS:
+        problems.append(f"run.channels_last: {cfg.run.channels_last!r} is not one of cuda, always, never")
     if cfg.run.amp not in ("auto", "bf16", "fp16", "off"):
         problems.append(f"run.amp: {cfg.run.amp!r} is not one of auto, bf16, fp16, off")
     if not 0.0 < cfg.ssl.mask_ratio < 1.0:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .config import CHANNELS_LAST_SETTINGS
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,17 @@ def amp_policy(device: torch.device, amp: str) -> tuple[torch.dtype | None, bool
     return torch.float16, True
 
 
-def init_runtime(device: str = "auto", amp: str = "auto", channels_last: bool = True) -> Runtime:
+def use_channels_last(setting: str | bool, device: torch.device) -> bool:
+    """``run.channels_last`` on this device: cuda (or true) on CUDA only, always, never (or false)."""
+    if isinstance(setting, bool):
+        setting = str(setting)
+    rule = CHANNELS_LAST_SETTINGS.get(setting.lower())
+    if rule is None:
+        raise ValueError(f"run.channels_last: {setting!r} is not one of cuda, always, never")
+    return rule == "always" or (rule == "cuda" and device.type == "cuda")
+
+
+def init_runtime(device: str = "auto", amp: str = "auto", channels_last: str | bool = "cuda") -> Runtime:
     """Set up the process: torchrun env (RANK/WORLD_SIZE/LOCAL_RANK) -> DDP, device, AMP."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -113,7 +124,7 @@ def init_runtime(device: str = "auto", amp: str = "auto", channels_last: bool = 
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
     dtype, scaler = amp_policy(dev, amp)
-    return Runtime(dev, rank, world, local_rank, dtype, scaler, channels_last and dev.type == "cuda")
+    return Runtime(dev, rank, world, local_rank, dtype, scaler, use_channels_last(channels_last, dev))
 
 
 def shutdown_runtime(runtime: Runtime) -> None:

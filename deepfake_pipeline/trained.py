@@ -45,7 +45,7 @@ from .faults import failpoint
 from .images import atomic_write_text, save_csv
 from .metrics import best_f1_threshold, binary_metrics, label_metrics
 from .model import build_classifier
-from .runtime import Runtime, amp_policy, pick_device
+from .runtime import Runtime, amp_policy, pick_device, use_channels_last
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +93,14 @@ def run_settings_hashes(run_dir: str | Path) -> dict[str, str]:
     return hashes
 
 
-def inference_runtime(device: str = "auto", amp: str = "auto", channels_last: bool = True) -> Runtime:
+def inference_runtime(device: str = "auto", amp: str = "auto", channels_last: str | bool = "cuda") -> Runtime:
     """A single-process runtime for inference; asked-for CUDA that is not there falls back to the CPU."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         log.warning("device %r asked for, but CUDA is not available: running on the CPU", device)
         device = "cpu"
     dev = pick_device(device)
     dtype, _ = amp_policy(dev, amp)
-    return Runtime(dev, amp_dtype=dtype, channels_last=channels_last and dev.type == "cuda")
+    return Runtime(dev, amp_dtype=dtype, channels_last=use_channels_last(channels_last, dev))
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:

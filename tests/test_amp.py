@@ -15,9 +15,9 @@ from torch.utils.data import Dataset
 
 from deepfake_pipeline import runtime as rt_mod
 from deepfake_pipeline.config import ModelConfig, OptimConfig
-from deepfake_pipeline.engine import LoopSpec, TrainLoop
+from deepfake_pipeline.engine import LoopSpec, TrainLoop, to_device_float
 from deepfake_pipeline.model import build_classifier
-from deepfake_pipeline.runtime import Runtime, amp_policy
+from deepfake_pipeline.runtime import Runtime, amp_policy, use_channels_last
 
 
 @pytest.mark.parametrize(("capability", "emulated", "amp", "expected"), [
@@ -54,6 +54,41 @@ def test_bf16_on_a_cpu_without_it_warns(monkeypatch: pytest.MonkeyPatch, caplog:
     with caplog.at_level("WARNING", logger=rt_mod.__name__):
         assert amp_policy(torch.device("cpu"), "bf16") == (torch.bfloat16, False)
     assert ("emulated" in caplog.text) is not has_bf16
+
+
+def test_channels_last_setting_per_device() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda:0")
+    assert [use_channels_last(s, cpu) for s in ("cuda", "always", "never", True, False)] == [
+        False, True, False, False, False]
+    assert [use_channels_last(s, cuda) for s in ("cuda", "Always", "never", True, False)] == [
+        True, True, False, True, False]
+    with pytest.raises(ValueError, match="sometimes"):
+        use_channels_last("sometimes", cpu)
+    assert rt_mod.init_runtime("cpu", "off", "always").channels_last
+    assert not rt_mod.init_runtime("cpu", "off").channels_last  # the default: CUDA only
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "convnextv2_atto"])
+def test_channels_last_classifier_computes_the_same_function(backbone: str) -> None:
+    # What run.channels_last=always does on the CPU: NHWC model and batches. The forensic channels
+    # (FFT, SRM) and both backbone families must give the contiguous layout's logits and gradients.
+    torch.manual_seed(0)
+    model = build_classifier(ModelConfig(backbone=backbone, img_size=64, drop_path=0.0, head_dropout=0.0,
+                                         channels=["rgb", "fft", "srm"])).eval()
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    outputs = []
+    for layout in ("never", "always"):
+        rt = Runtime(torch.device("cpu"), channels_last=use_channels_last(layout, torch.device("cpu")))
+        net = model.to(memory_format=torch.channels_last) if rt.channels_last else model
+        x = to_device_float(images, rt)
+        assert x.is_contiguous(memory_format=torch.channels_last) is rt.channels_last
+        net.zero_grad()
+        logits = net(x)
+        logits.sum().backward()
+        outputs.append((logits.detach(), model.head[1].weight.grad.clone()))
+    (plain, plain_grad), (nhwc, nhwc_grad) = outputs
+    torch.testing.assert_close(nhwc, plain, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(nhwc_grad, plain_grad, rtol=1e-4, atol=1e-4)
 
 
 class _Faces(Dataset):
