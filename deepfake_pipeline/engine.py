@@ -1,10 +1,9 @@
 """The training engine shared by the SSL and fine-tuning stages.
 
 One loop, ``TrainLoop.run``: AdamW with warmup + cosine, gradient accumulation and clipping,
-bf16/fp16 autocast (GradScaler for fp16), channels_last (on CUDA, or as run.channels_last says), optional
-``torch.compile`` on CUDA,
-DDP under torchrun, an EMA of the weights, ``metrics.jsonl`` per epoch, and ``last.pt``
-checkpoints from which a killed run resumes to the same final weights.
+bf16/fp16 autocast (GradScaler for fp16), channels_last (as ``run.channels_last`` says), optional
+``torch.compile`` on CUDA, DDP under torchrun, an EMA of the weights, ``metrics.jsonl`` per epoch,
+and ``last.pt`` checkpoints from which a killed run resumes to the same final weights.
 
 Why resuming is exact: every micro-batch reseeds the global RNGs from (seed, rank, epoch, index)
 (augmentation, masks, dropout), the epoch's sample order comes from DistributedSampler's
