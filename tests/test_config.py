@@ -57,6 +57,10 @@ def test_value_checks() -> None:
         load_config(REPO / "configs/demo.yaml", ["model.channels=[rgb,dct]"])
     with pytest.raises(ConfigError, match="mask_ratio"):
         load_config(REPO / "configs/demo.yaml", ["ssl.mask_ratio=1.5"])
+    with pytest.raises(ConfigError, match="run.channels_last: 'sometimes'"):
+        load_config(REPO / "configs/demo.yaml", ["run.channels_last=sometimes"])
+    # the boolean this setting once was still loads (OmegaConf turns it into "False": never)
+    assert load_config(REPO / "configs/demo.yaml", ["run.channels_last=false"]).run.channels_last == "False"
 
 
 def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
