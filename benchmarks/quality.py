@@ -710,7 +710,8 @@ def audio_baseline(plan: Plan) -> dict[str, dict[str, float | None]]:
     train_x = ab.features(clips(plan.dataset, "train", list(train["Id"])))
     train_y = train["target_feature"].to_numpy()
     if plan.cfg.audio.self_fakes:  # the pipeline's self-made fakes, as raw clips: the same methods and seeds
-        made_x = self_made_baseline_features(plan.cfg, train, clips(plan.dataset, "train", list(train["Id"])))
+        made_x = self_made_baseline_features(plan.cfg, train, clips(plan.dataset, "train", list(train["Id"])),
+                                             plan.scratch / "made_features")
         train_x, train_y = np.concatenate([train_x, made_x]), np.r_[train_y, np.ones(len(made_x), dtype=int)]
     prob = ab.fit_predict(train_x, train_y, ab.features(clips(plan.dataset, "test", list(test["Id"]))))
     return {"test": {"faces": None, "raw": binary_metrics(test["target_feature"], prob)["auc"]},
@@ -749,20 +750,31 @@ def self_made_note(threshold: dict[str, Any]) -> str:
             f"{100 * made['called_fake']:.0f}% called fake{basis}")
 
 
-def self_made_baseline_features(cfg: Config, train: pd.DataFrame, paths: list[str]) -> np.ndarray:
+def self_made_baseline_features(cfg: Config, train: pd.DataFrame, paths: list[str], cache: Path) -> np.ndarray:
     """The baseline's features of every self-made fake stage 1 makes (``audio.self_fakes`` of each real
-    training clip, seeded as ``audio_stage.made_plan`` seeds them), resynthesised from the raw clip."""
+    training clip, seeded as ``audio_stage.made_plan`` seeds them), resynthesised from the raw clip.
+
+    Each one is kept under ``cache`` by source file, method and seed (the ``hifigan`` vocoder takes
+    0.4 s per second of speech here), so other layouts of the same clips reuse it."""
     import audio_baseline as ab
 
     from deepfake_pipeline.audio_stage import made_plan
+    from deepfake_pipeline.images import atomic_path
     from deepfake_pipeline.resynth import resynthesise
 
     rows = []
     for ident, target, path in zip(train["Id"], train["target_feature"], paths):
         plan_ = made_plan(cfg, "train", str(ident), int(target))
-        if plan_:
-            x = ab.clip_samples(path)
-            rows += [ab.signal_features(resynthesise(x, ab.RATE, method, seed)) for method, seed in plan_]
+        x = ab.clip_samples(path) if plan_ else None
+        for method, seed in plan_:
+            key = hashlib.sha1(f"{Path(path).resolve()}|{method}|{seed}|{ab.RATE}".encode()).hexdigest()[:20]
+            kept = cache / f"{key}.npy"
+            if kept.is_file():
+                rows.append(np.load(kept))
+                continue
+            rows.append(ab.signal_features(resynthesise(x, ab.RATE, method, seed)))
+            with atomic_path(kept, durable=False) as tmp, open(tmp, "wb") as handle:
+                np.save(handle, rows[-1])
     return np.stack(rows) if rows else np.zeros((0, 2 * (ab.N_FFT // 2 + 1)), dtype=np.float32)
 
 
