@@ -212,3 +212,36 @@ def test_a_table_with_older_columns_is_rewritten_without_losing_cells(tmp_path: 
     assert all(migrated[c] == f"v-{c}" for c in old) and migrated["probe OOF AUC"] == ""
     assert dict(zip(quality.COLUMNS, quality._cells(rows[3]), strict=True))["probe OOF AUC"] == "0.7500"
     assert results.read_text().endswith("## Next\n\nkept\n")
+
+
+def test_the_baselines_self_made_features_are_kept_and_reused_per_source_method_and_seed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    from deepfake_pipeline import resynth
+
+    quality = load_quality()
+    rng = np.random.default_rng(0)
+    paths = []
+    for name in ("a", "b"):
+        paths.append(str(tmp_path / f"{name}.wav"))
+        sf.write(paths[-1], 0.1 * rng.standard_normal(8000), 16000)
+    train = pd.DataFrame({"Id": ["a", "b"], "target_feature": [0, 0]})
+    cfg = load_config(REPO / "configs" / "audio.yaml", ["audio.self_fakes=[lpc,mel]"])
+    calls: list[str] = []
+    real_resynthesise = resynth.resynthesise
+
+    def counted(x, rate, method, seed):  # type: ignore[no-untyped-def]
+        calls.append(method)
+        return real_resynthesise(x, rate, method, seed)
+
+    monkeypatch.setattr(resynth, "resynthesise", counted)
+    first = quality.self_made_baseline_features(cfg, train, paths, tmp_path / "cache")
+    assert first.shape[0] == 4 and sorted(calls) == ["lpc", "lpc", "mel", "mel"]
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 4
+    again = quality.self_made_baseline_features(cfg, train, paths, tmp_path / "cache")
+    assert len(calls) == 4 and np.array_equal(first, again)  # all four read back, none redone
+    other_seed = load_config(REPO / "configs" / "audio.yaml", ["audio.self_fakes=[lpc]", "run.seed=7"])
+    quality.self_made_baseline_features(other_seed, train, paths, tmp_path / "cache")
+    assert calls[4:] == ["lpc", "lpc"]  # another seed is another fake: made, not read
