@@ -754,20 +754,23 @@ def self_made_baseline_features(cfg: Config, train: pd.DataFrame, paths: list[st
     """The baseline's features of every self-made fake stage 1 makes (``audio.self_fakes`` of each real
     training clip, seeded as ``audio_stage.made_plan`` seeds them), resynthesised from the raw clip.
 
-    Each one is kept under ``cache`` by source file, method and seed (the ``hifigan`` vocoder takes
-    0.4 s per second of speech here), so other layouts of the same clips reuse it."""
+    Each one is kept under ``cache`` by source file, method, seed and the resynthesis code (the
+    ``hifigan`` vocoder takes 0.4 s per second of speech here), so other layouts of the same clips
+    reuse it and a change to the methods does not."""
     import audio_baseline as ab
 
     from deepfake_pipeline.audio_stage import made_plan
     from deepfake_pipeline.images import atomic_path
     from deepfake_pipeline.resynth import resynthesise
 
+    code = hashlib.sha1(b"".join((REPO / "deepfake_pipeline" / name).read_bytes()
+                                 for name in ("resynth.py", "vocoder.py"))).hexdigest()
     rows = []
     for ident, target, path in zip(train["Id"], train["target_feature"], paths):
         plan_ = made_plan(cfg, "train", str(ident), int(target))
         x = ab.clip_samples(path) if plan_ else None
         for method, seed in plan_:
-            key = hashlib.sha1(f"{Path(path).resolve()}|{method}|{seed}|{ab.RATE}".encode()).hexdigest()[:20]
+            key = hashlib.sha1(f"{Path(path).resolve()}|{method}|{seed}|{ab.RATE}|{code}".encode()).hexdigest()[:20]
             kept = cache / f"{key}.npy"
             if kept.is_file():
                 rows.append(np.load(kept))
