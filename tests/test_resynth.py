@@ -254,3 +254,18 @@ def test_self_made_fakes_train_in_their_sources_fold_and_are_scored_apart(tmp_pa
     table = prepare_folds(cfg2, RunPaths(tmp_path / "run2"), Runtime(torch.device("cpu")), force=False)
     assert table["target"].sum() == len(made) and (table.loc[table["made_by"] == "", "target"] == 0).all()
     assert table.groupby("fold")["target"].nunique().eq(2).all()  # every fold validates both classes
+
+
+def test_stage1_workers_make_hifigan_fakes_that_differ_from_their_sources(tmp_path: Path) -> None:
+    """The one method that needs torch and a trained network, run where stage 1 runs it: in worker
+    processes (each loads the generator once, at one thread)."""
+    cfg, keys, out = small_setup(tmp_path, speech_clips(2, 1, seconds=2.0),
+                                 extra="audio: {self_fakes: [hifigan], codec_copies: [], workers: 2}")
+    assert run_prepare_audio(cfg).processed == len(keys)
+    rows = manifest(out)
+    made = rows[rows["made_by"] == "hifigan"]
+    assert len(made) and set(made["made_from"]) == {"tr00"}
+    for _, r in made.iterrows():
+        src = rows[(rows["Id"] == "tr00") & (rows["window"] == r["window"])].iloc[0]
+        a, b = read_image(r["path"]).pixels.astype(float), read_image(src["path"]).pixels.astype(float)
+        assert a.shape == b.shape and np.abs(a - b).mean() > 1.0  # a window of another signal, not a copy
