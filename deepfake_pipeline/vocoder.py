@@ -151,7 +151,7 @@ def generator() -> HifiGan:
 
 
 def _hz_to_mel(f: np.ndarray) -> np.ndarray:
-    """Slaney's mel scale: linear below 1 kHz (3 bands per 200 Hz), logarithmic above."""
+    """Slaney's mel scale: linear below 1 kHz (one mel per 66.7 Hz), logarithmic above."""
     f = np.asarray(f, dtype=np.float64)
     linear = f / (200.0 / 3)
     return np.where(f >= 1000.0, 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) / (np.log(6.4) / 27), linear)
