@@ -768,13 +768,14 @@ def self_made_baseline_features(cfg: Config, train: pd.DataFrame, paths: list[st
     rows = []
     for ident, target, path in zip(train["Id"], train["target_feature"], paths):
         plan_ = made_plan(cfg, "train", str(ident), int(target))
-        x = ab.clip_samples(path) if plan_ else None
+        x = None  # decoded on the first fake not kept yet
         for method, seed in plan_:
             key = hashlib.sha1(f"{Path(path).resolve()}|{method}|{seed}|{ab.RATE}|{code}".encode()).hexdigest()[:20]
             kept = cache / f"{key}.npy"
             if kept.is_file():
                 rows.append(np.load(kept))
                 continue
+            x = ab.clip_samples(path) if x is None else x
             rows.append(ab.signal_features(resynthesise(x, ab.RATE, method, seed)))
             with atomic_path(kept, durable=False) as tmp, open(tmp, "wb") as handle:
                 np.save(handle, rows[-1])

@@ -44,7 +44,7 @@ _GL_ITERS = 32
 _GL_MOMENTUM = 0.99  # fast Griffin-Lim's extrapolation weight
 
 
-def _fit(y: np.ndarray, length: int) -> np.ndarray:
+def fit_length(y: np.ndarray, length: int) -> np.ndarray:
     return y[:length] if len(y) >= length else np.pad(y, (0, length - len(y)))
 
 
@@ -53,7 +53,7 @@ def _stft(x: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
 
 
 def _istft(spec: np.ndarray, n_fft: int, hop: int, length: int) -> np.ndarray:
-    return _fit(istft(spec, nperseg=n_fft, noverlap=n_fft - hop, window="hann")[1], length)
+    return fit_length(istft(spec, nperseg=n_fft, noverlap=n_fft - hop, window="hann")[1], length)
 
 
 def griffin_lim(magnitude: np.ndarray, n_fft: int, hop: int, length: int, rng: np.random.Generator,
@@ -143,7 +143,7 @@ def _stretch(x: np.ndarray, rate: float, n_fft: int, hop: int) -> np.ndarray:
 
 def pvoc(x: np.ndarray, rate: int, rng: np.random.Generator) -> np.ndarray:
     n_fft, hop, factor = 512, 128, 0.8
-    return _fit(_stretch(_stretch(x, factor, n_fft, hop), 1.0 / factor, n_fft, hop), len(x))
+    return fit_length(_stretch(_stretch(x, factor, n_fft, hop), 1.0 / factor, n_fft, hop), len(x))
 
 
 def _frame_pitch(x: np.ndarray, rate: int, hop: int, frames: int) -> np.ndarray:
@@ -210,7 +210,7 @@ def resynthesise(x: np.ndarray, rate: int, method: str, seed: int) -> np.ndarray
         raise ValueError(f"unknown resynthesis method {method!r} ({', '.join(METHODS)})")
     x = np.asarray(x, dtype=np.float64)
     y = METHODS[method](x, rate, np.random.default_rng(seed))
-    y = _fit(np.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0), len(x))
+    y = fit_length(np.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0), len(x))
     rms_in, rms_out = float(np.sqrt(np.mean(x ** 2))), float(np.sqrt(np.mean(y ** 2)))
     if rms_out > 0.0:
         y = y * (rms_in / rms_out)
