@@ -308,8 +308,10 @@ def predict_cross(plan: Plan) -> dict[str, float]:
     faces = usable_faces(pd.read_csv(plan.cross_faces / "faces.csv", dtype={"Id": str}, keep_default_na=False), "test")
     test_ids = list(load_layout(DataConfig(root=str(plan.cross), modality=cfg.data.modality),
                                 check_images=False).test.frame["Id"])
-    ids, logits = per_id(faces["Id"], ensemble_logits(cfg, paths, runtime, folds, list(faces["path"])))
-    prob = dict(zip(ids, sigmoid(logits)))
+    by_fold = ensemble_logits(cfg, paths, runtime, folds, list(faces["path"]), per_fold=True)
+    by_fold = np.stack([per_id(faces["Id"], row)[1] for row in by_fold])  # one value per Id, as predict does
+    ids = per_id(faces["Id"], np.zeros(len(faces)))[0]
+    prob = dict(zip(ids, sigmoid(by_fold.mean(axis=0))))
     prior = float(pd.read_csv(plan.dataset / "train_solution.csv")["target_feature"].mean())
     out = plan.run_dir / f"cross-{plan.cross.name}"
     probs = pd.DataFrame({"Id": test_ids, "prob": [float(prob.get(i, prior)) for i in test_ids]})
@@ -319,7 +321,7 @@ def predict_cross(plan: Plan) -> dict[str, float]:
     scores: dict[str, Any] = score_files(out / "submission.csv", plan.cross / "test_solution.csv", out / "test_probs.csv")
     scores["unaligned"] = float(missing)
     called = submission.set_index("Id").loc[list(prob), "target_feature"]
-    shift = check_score_shift(np.array(list(prob.values())), paths.oof_csv, float(called.mean()), "cross")
+    shift = check_score_shift(sigmoid(by_fold), paths.oof_csv, float(called.mean()), "cross")
     scores["score_shift"] = shift.as_dict() if shift else None
     return scores
 
@@ -736,8 +738,10 @@ def shift_note(shift: dict[str, Any] | None, what: str) -> str:
     if not shift:
         return f"{what} score-shift check: too few items"
     verdict = "SHIFTED (predict warns)" if shift["shifted"] else "fits"
-    return (f"{what} scores vs a mix of OOF real/fake scores: KS {shift['distance']:.2f} ({shift['expected']:.2f} "
-            f"by chance), best mix {100 * shift['share']:.0f}% fake: {verdict}")
+    folds = shift.get("folds", 1)
+    each = f" (median of {folds} fold models, {shift['folds_shifted']} shifted)" if folds > 1 else ""
+    return (f"{what} scores vs a mix of OOF real/fake scores{each}: KS {shift['distance']:.2f} "
+            f"({shift['expected']:.2f} by chance), best mix {100 * shift['share']:.0f}% fake: {verdict}")
 
 
 def self_made_note(threshold: dict[str, Any]) -> str:

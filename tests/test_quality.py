@@ -245,3 +245,17 @@ def test_the_baselines_self_made_features_are_kept_and_reused_per_source_method_
     other_seed = load_config(REPO / "configs" / "audio.yaml", ["audio.self_fakes=[lpc]", "run.seed=7"])
     quality.self_made_baseline_features(other_seed, train, paths, tmp_path / "cache")
     assert calls[4:] == ["lpc", "lpc"]  # another seed is another fake: made, not read
+
+
+def test_the_shift_note_says_when_the_verdict_is_the_fold_models_median() -> None:
+    quality = load_quality()
+    one = {"n_test": 600, "share": 0.45, "distance": 0.104, "expected": 0.09, "shifted": True,
+           "folds": 1, "folds_shifted": 1}
+    assert quality.shift_note(one, "test") == ("test scores vs a mix of OOF real/fake scores: KS 0.10 (0.09 by "
+                                               "chance), best mix 45% fake: SHIFTED (predict warns)")
+    five = {**one, "shifted": False, "distance": 0.04, "folds": 5, "folds_shifted": 1}
+    assert quality.shift_note(five, "cross") == ("cross scores vs a mix of OOF real/fake scores (median of 5 fold "
+                                                 "models, 1 shifted): KS 0.04 (0.09 by chance), best mix 45% fake: fits")
+    older = {k: v for k, v in one.items() if not k.startswith("folds")}  # predict.json of earlier runs
+    assert quality.shift_note(older, "test") == quality.shift_note(one, "test")
+    assert quality.shift_note(None, "test") == "test score-shift check: too few items"
