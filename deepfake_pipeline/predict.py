@@ -12,8 +12,9 @@ The threshold was fitted on single fold models' out-of-fold probabilities, and i
 the folds' calibrated log-odds, which is less extreme where the folds disagree. ``predict.json``
 measures what that does on each test set: the share each fold alone would call fake beside the
 ensemble's share, and how many labels the ensemble changes against the folds' majority. It also
-records whether the test scores fit a mix of the OOF real and fake scores (``shift.py``), and the
-log warns when they do not: the calls at the OOF threshold are then not to be trusted.
+records whether each fold model's test scores fit a mix of the OOF real and fake scores
+(``shift.py``; single models on both sides), and the log warns when most do not: the calls at the OOF
+threshold are then not to be trusted.
 """
 
 from __future__ import annotations

@@ -88,9 +88,10 @@ def fold_scores(rng: np.random.Generator, signal: np.ndarray, folds: int, noise:
 
 def test_each_fold_model_is_checked_against_the_oof_scores_it_is_like() -> None:
     """OOF scores come from one model each. The fold ensemble's mean averages the models' own noise
-    away, so its scores sit closer to 0 and 1 than any OOF score of the same items: checked on the
-    ensemble, a test set drawn exactly like the training data drifts off every mix; each fold alone
-    does not (the lfw_swap run read KS 0.10 against 0.09 by chance on its own test set)."""
+    away, so its scores spread more narrowly than the OOF scores of the same items: checked on the
+    ensemble, a test set drawn exactly like the training data sits off every mix by more than
+    sampling explains (a bias, here still under the warning's 0.10 floor; the lfw_swap run read KS
+    0.10 against 0.09 by chance on its own test set); each fold alone does not."""
     rng = np.random.default_rng(4)
     noise = 4.0  # the fold models disagree a lot; the items' own signal is +-3 with spread 1
 
@@ -123,6 +124,10 @@ def test_the_fold_verdict_is_the_majority_and_reports_the_median_fold() -> None:
     assert three_off.distance == pytest.approx(alone[0]) and two_off.distance == pytest.approx(alone[1])
     one = fold_score_shift(fits[None, :], real, fake)
     assert one == score_shift(fits, real, fake)  # one fold: the plain check
+    # An even count: one of two off is no majority, and the figures shown are the fold that fits.
+    tie = fold_score_shift(np.stack([off, fits]), real, fake)
+    assert tie is not None and not tie.shifted and tie.folds_shifted == 1
+    assert tie.distance == pytest.approx(alone[1]) and tie.distance < max(tie.expected, 0.10)
 
 
 def test_the_check_takes_one_row_per_fold_and_says_how_many_are_off(tmp_path: Path,
