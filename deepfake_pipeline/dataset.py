@@ -165,7 +165,8 @@ def load_layout(cfg: DataConfig, check_images: bool = True, group_column: str | 
     extensions = input_extensions(cfg)
     train_images, e1, w1 = list_images(root / train_dir, extensions)
     test_images, e2, w2 = list_images(root / test_dir, extensions)
-    labels, e3 = read_labels(root / cfg.labels_csv, group_column, extensions)
+    # Leaving data.root's labelled rows out (train_root false), its CSV needs no group column.
+    labels, e3 = read_labels(root / cfg.labels_csv, group_column if cfg.train_root else None, extensions)
     errors += e1 + e2 + e3
     warnings += w1 + w2
     if not errors:

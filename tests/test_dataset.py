@@ -252,6 +252,15 @@ def test_leave_one_dataset_out_trains_on_the_extra_roots_only(tmp_path: Path) ->
     assert list(layout.test.frame["Id"]) == ["te0", "te1", "te2"]
     with pytest.raises(DataValidationError, match="nothing to train on"):
         load_layout(DataConfig(root=str(main), train_root=False))
+    # Grouped training sets, a held-out set without the group column (rfff held out of dfdc_faces +
+    # lfw_swap): its unused labels need no groups; with train_root they do.
+    grouped = _grouped_layout(tmp_path / "grouped")
+    held_out = load_layout(DataConfig(root=str(main), extra_roots=[str(grouped), str(other)], train_root=False),
+                           group_column="video")
+    groups = held_out.train.frame.set_index("Id")["group"]
+    assert groups["grouped__tr0"].startswith("grouped__") and groups["other__tr0"] == "other__tr0"
+    with pytest.raises(DataValidationError, match="group column 'video' not found"):
+        load_layout(DataConfig(root=str(main), extra_roots=[str(grouped)]), group_column="video")
     with pytest.raises(DataValidationError, match="two sets named 'main'"):
         load_layout(DataConfig(root=str(main), extra_roots=[str(make_layout(tmp_path / "x" / "main"))]))
     (other / "train_images" / "tr7.jpg").unlink()
