@@ -284,7 +284,7 @@ def predict_cross(plan: Plan) -> dict[str, float]:
     """The run's fold models on the cross dataset's aligned test faces; scores against its answer key."""
     import pandas as pd
 
-    from deepfake_pipeline.artifacts import RunPaths, per_id, usable_faces
+    from deepfake_pipeline.artifacts import RunPaths, per_id_rows, usable_faces
     from deepfake_pipeline.config import DataConfig
     from deepfake_pipeline.dataset import load_layout
     from deepfake_pipeline.images import save_csv
@@ -308,9 +308,8 @@ def predict_cross(plan: Plan) -> dict[str, float]:
     faces = usable_faces(pd.read_csv(plan.cross_faces / "faces.csv", dtype={"Id": str}, keep_default_na=False), "test")
     test_ids = list(load_layout(DataConfig(root=str(plan.cross), modality=cfg.data.modality),
                                 check_images=False).test.frame["Id"])
-    by_fold = ensemble_logits(cfg, paths, runtime, folds, list(faces["path"]), per_fold=True)
-    by_fold = np.stack([per_id(faces["Id"], row)[1] for row in by_fold])  # one value per Id, as predict does
-    ids = per_id(faces["Id"], np.zeros(len(faces)))[0]
+    ids, by_fold = per_id_rows(faces["Id"], ensemble_logits(cfg, paths, runtime, folds, list(faces["path"]),
+                                                             per_fold=True))
     prob = dict(zip(ids, sigmoid(by_fold.mean(axis=0))))
     prior = float(pd.read_csv(plan.dataset / "train_solution.csv")["target_feature"].mean())
     out = plan.run_dir / f"cross-{plan.cross.name}"

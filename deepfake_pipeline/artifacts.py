@@ -160,6 +160,12 @@ def per_id(ids: pd.Series | list[str], values: np.ndarray) -> tuple[list[str], n
     return list(mean.index), mean.to_numpy()
 
 
+def per_id_rows(ids: pd.Series | list[str], matrix: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """:func:`per_id` of each row of a (n_folds, n_images) matrix: (each Id once, (n_folds, n_ids))."""
+    rows = [per_id(ids, row)[1] for row in matrix]
+    return per_id(ids, np.zeros(len(ids)))[0], np.stack(rows) if rows else np.zeros((0, len(set(ids))))
+
+
 def fold_rows(folds: pd.DataFrame, faces: pd.DataFrame, k: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(training rows, validation rows) of fold ``k``, each with the ``path`` of its aligned face (and,
     for speech windows with codec copies, their ``copies``: paths joined by ";").

@@ -25,7 +25,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from .artifacts import RunPaths, load_faces, per_id, usable_faces
+from .artifacts import RunPaths, load_faces, per_id_rows, usable_faces
 from .config import Config
 from .dataset import load_layout
 from .errors import PipelineError
@@ -58,9 +58,8 @@ def run_predict(cfg: Config, runtime: Runtime, paths: RunPaths, force: bool = Fa
     usable = usable_faces(faces, "test")
     check_test_stage1(cfg, paths, folds, usable, "predict")
     prior_prob, prior_label = prior_answer(float(layout.train.frame["target"].mean()), threshold)
-    per_fold = ensemble_logits(cfg, paths, runtime, folds, list(usable["path"]), per_fold=True)
-    per_fold = np.stack([per_id(usable["Id"], row)[1] for row in per_fold])  # one value per Id
-    ids = per_id(usable["Id"], np.zeros(len(usable)))[0]
+    ids, per_fold = per_id_rows(usable["Id"], ensemble_logits(cfg, paths, runtime, folds, list(usable["path"]),
+                                                              per_fold=True))  # one value per Id and fold
     prob = dict(zip(ids, sigmoid(per_fold.mean(axis=0))))
     problems = [i for i in test_ids if i not in prob]
     if problems:
