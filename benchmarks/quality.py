@@ -173,6 +173,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         raise QualityError(str(exc)) from exc
     plan.faces = faces_dir(plan.scratch, dataset, cfg)
     plan.sets = [*base, f"{stage1_key(cfg)}={plan.faces}"]
+    if cfg.data.modality == "audio" and cfg.audio.made_cache is None:
+        plan.sets.append(f"audio.made_cache={plan.scratch / 'made_cache'}")  # runs on the same clips share fakes
     plan.cfg = load_config(config, plan.sets)
     if cross is not None:
         plan.cross_faces = faces_dir(plan.scratch, cross, cfg)

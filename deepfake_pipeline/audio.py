@@ -655,7 +655,7 @@ def _fill(clip: Clip, source: ClipReader, cfg: AudioConfig, notes: list[str], al
     coded = _codec_copies(whole, sr, copies, notes, "")
     resynthesised: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
     for method, seed in made:
-        fake = resynthesise(whole, sr, method, seed)
+        fake = resynthesise(whole, sr, method, seed, cfg.made_cache)
         resynthesised[method] = fake, _codec_copies(fake, sr, copies, notes, f" of the {method} fake")
 
     def render(x: np.ndarray) -> bytes:

@@ -70,7 +70,7 @@ MANIFEST_COLUMNS = [
 MADE_SEPARATOR = "~"  # a self-made fake's Id: <source Id>~<method>
 COPY_SPLIT = "train"  # codec copies are training material: labelled clips only
 # Audio keys that never change a window (speed, location) stay out of the hash.
-_HASH_EXCLUDED = {"workers", "out"}
+_HASH_EXCLUDED = {"workers", "out", "made_cache"}
 
 
 def settings_hash(cfg: Config) -> str:

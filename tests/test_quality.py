@@ -247,6 +247,30 @@ def test_the_baselines_self_made_features_are_kept_and_reused_per_source_method_
     assert calls[4:] == ["lpc", "lpc"]  # another seed is another fake: made, not read
 
 
+def test_speech_runs_keep_their_self_made_fakes_in_the_scratch_folder_unless_told_otherwise(tmp_path: Path) -> None:
+    """Layouts of the same clips (selfmade, yourtts2glow, ...) share the vocoder's fakes: the harness
+    points ``audio.made_cache`` at the scratch folder, and a user's own setting wins."""
+    import argparse
+
+    quality = load_quality()
+    data = tmp_path / "speech"
+    data.mkdir()
+    for split in ("train", "test"):
+        (data / f"{split}_solution.csv").write_text("Id,target_feature\na,0\n")
+
+    def plan(*sets: str):  # type: ignore[no-untyped-def]
+        args = argparse.Namespace(dataset=str(data), datasets=str(tmp_path), cross=None, tag="t",
+                                  config=str(REPO / "configs" / "audio.yaml"), sets=list(sets),
+                                  scratch=str(tmp_path / "scratch"))
+        return quality.make_plan(args).cfg
+
+    assert plan().audio.made_cache == str((tmp_path / "scratch" / "made_cache").resolve())
+    assert plan(f"audio.made_cache={tmp_path / 'mine'}").audio.made_cache == str(tmp_path / "mine")
+    faces = argparse.Namespace(dataset=str(data), datasets=str(tmp_path), cross=None, tag="f", sets=[],
+                               config=str(REPO / "configs" / "cpu.yaml"), scratch=str(tmp_path / "scratch"))
+    assert quality.make_plan(faces).cfg.audio.made_cache is None  # faces make no speech fakes
+
+
 def test_the_shift_note_says_when_the_verdict_is_the_fold_models_median() -> None:
     quality = load_quality()
     one = {"n_test": 600, "share": 0.45, "distance": 0.104, "expected": 0.09, "shifted": True,

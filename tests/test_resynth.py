@@ -9,17 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deepfake_pipeline import resynth
 from deepfake_pipeline.audio import render_clip
 from deepfake_pipeline.audio_stage import made_plan, run_prepare_audio, settings_hash
-from deepfake_pipeline.config import AudioConfig
+from deepfake_pipeline.config import AudioConfig, load_config
 from deepfake_pipeline.errors import ConfigError
 from deepfake_pipeline.images import read_image
 from deepfake_pipeline.journal import read_journals
-from deepfake_pipeline.resynth import METHODS, resynthesise
+from deepfake_pipeline.resynth import METHODS, cache_file, resynthesise
 
 from .bad_audio import encode, speechlike
 from .conftest import PYTHON, REPO
-from .test_audio import cli_env, make_layout, manifest, small_setup, speech_clips, write_cfg
+from .test_audio import cli_env, make_layout, manifest, png_digests, small_setup, speech_clips, write_cfg
 
 RATE = 16000
 
@@ -65,6 +66,62 @@ def test_each_method_is_deterministic_keeps_length_timing_and_level_and_really_d
 def test_an_unknown_method_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown resynthesis method"):
         resynthesise(np.zeros(100), RATE, "wavenet", 0)
+
+
+def refuse_to_resynthesise(monkeypatch: pytest.MonkeyPatch, method: str) -> None:
+    """From here on, ``method`` fails if it is run: a kept fake must be read back instead."""
+    def fail(*_: object) -> np.ndarray:
+        raise AssertionError(f"{method} ran although its fake is kept")
+
+    monkeypatch.setitem(resynth.METHODS, method, fail)
+
+
+def test_a_kept_fake_reads_back_bit_for_bit_and_is_not_made_again(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    x = syllables(1.5, seed=4)
+    made = resynthesise(x, RATE, "lpc", 7, cache=tmp_path)
+    assert np.array_equal(made, resynthesise(x, RATE, "lpc", 7))  # kept or not, the same samples
+    kept = cache_file(tmp_path, x, RATE, "lpc", 7)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [kept]
+    # The key is the samples, rate, method and seed: none of the others' fakes is this one.
+    others = {cache_file(tmp_path, x * 0.5, RATE, "lpc", 7), cache_file(tmp_path, x, 22050, "lpc", 7),
+              cache_file(tmp_path, x, RATE, "mel", 7), cache_file(tmp_path, x, RATE, "lpc", 8)}
+    assert kept not in others and len(others) == 4
+    refuse_to_resynthesise(monkeypatch, "lpc")
+    assert np.array_equal(resynthesise(x, RATE, "lpc", 7, cache=tmp_path), made)
+    with pytest.raises(AssertionError, match="ran although"):  # another seed is not kept: it is made
+        resynthesise(x, RATE, "lpc", 8, cache=tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "wrong length", "garbage"])
+def test_a_damaged_kept_fake_is_made_again_and_replaced(tmp_path: Path, damage: str) -> None:
+    x = syllables(1.0, seed=5)
+    made = resynthesise(x, RATE, "lpc", 3, cache=tmp_path)
+    kept = cache_file(tmp_path, x, RATE, "lpc", 3)
+    if damage == "truncated":
+        kept.write_bytes(kept.read_bytes()[:-100])
+    elif damage == "wrong length":
+        np.save(kept, made[:-1].astype(np.float32))
+    else:
+        kept.write_bytes(b"not a numpy file")
+    assert np.array_equal(resynthesise(x, RATE, "lpc", 3, cache=tmp_path), made)
+    assert np.array_equal(np.load(kept), made.astype(np.float32))  # replaced by a whole one
+
+
+def test_stage1_with_made_cache_resynthesises_nothing_on_a_second_layout(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stage 1 into a new output folder (another layout of the same clips, or other settings) reads
+    every fake back from ``audio.made_cache``: the same windows, and the vocoder never runs."""
+    extra = f"audio: {{self_fakes: [lpc], codec_copies: [], made_cache: '{tmp_path / 'kept'}'}}"
+    cfg, keys, out = small_setup(tmp_path, speech_clips(2, 1, seconds=2.0), extra=extra)
+    run_prepare_audio(cfg)
+    sources = set(manifest(out).query("made_by == 'lpc'")["made_from"])
+    assert sources and len(list((tmp_path / "kept").rglob("*.npy"))) == len(sources)  # one per real clip
+    refuse_to_resynthesise(monkeypatch, "lpc")
+    again = load_config(write_cfg(tmp_path, tmp_path / "data", tmp_path / "again", extra, name="again.yaml"))
+    assert settings_hash(again) == settings_hash(cfg)  # where fakes are kept changes no window
+    assert run_prepare_audio(again).processed == len(keys)
+    assert png_digests(tmp_path / "again") == png_digests(out)
 
 
 def test_render_clip_windows_each_fake_at_its_sources_positions(tmp_path: Path) -> None:
