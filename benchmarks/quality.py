@@ -173,7 +173,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         raise QualityError(str(exc)) from exc
     plan.faces = faces_dir(plan.scratch, dataset, cfg)
     plan.sets = [*base, f"{stage1_key(cfg)}={plan.faces}"]
-    if cfg.data.modality == "audio" and cfg.audio.made_cache is None:
+    if cfg.data.modality == "audio" and not any(s.split("=", 1)[0].strip() == "audio.made_cache"
+                                                for s in plan.user_sets):
         plan.sets.append(f"audio.made_cache={plan.scratch / 'made_cache'}")  # runs on the same clips share fakes
     plan.cfg = load_config(config, plan.sets)
     if cross is not None:
