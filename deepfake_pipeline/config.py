@@ -97,7 +97,7 @@ class AudioConfig:
     codec_copies: list[str] = field(default_factory=list)
     codec_level: list[float] = field(default_factory=lambda: [0.2, 0.99])
     # Self-made fakes: every real (label 0) training clip is also resynthesised by each method named
-    # here (deepfake_pipeline.resynth: griffinlim, mel, lpc, pvoc, hnm, hifigan), windowed at the same places (with
+    # here (deepfake_pipeline.resynth: griffinlim, mel, lpc, pvoc, hnm, hifigan, hifigan16), windowed at the same places (with
     # codec copies of its own) and trained on as fake, in its source's fold. Test clips get none.
     self_fakes: list[str] = field(default_factory=list)
     # A folder that keeps every self-made fake's samples, keyed by its source samples, method, seed and

