@@ -32,9 +32,9 @@ level, and is deterministic given ``rng``'s seed. numpy and scipy only, except `
 ``hifigan16``, which import torch in stage 1's worker processes when (and only when) asked for.
 
 Kept resyntheses (``audio.made_cache``): a fake depends only on its input samples, rate, method, seed
-and the code (and weights) that make it, so it is kept under that key (:func:`cache_file`). Stage 1 run again with other channels, windows or codec
-copies, or on another layout of the same clips, then resynthesises nothing (the vocoder takes 0.4 s
-per second of speech on 2 CPU threads).
+and the code (and weights) that make it, so it is kept under that key (:func:`cache_file`). Stage 1
+run again with other channels, windows or codec copies, or on another layout of the same clips, then
+resynthesises nothing (the vocoder takes 0.4 s per second of speech on 2 CPU threads).
 """
 
 from __future__ import annotations
