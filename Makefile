@@ -43,10 +43,12 @@ demo-audio: $(STAMP)
 
 # Two pytest workers, each test file on one of them (module fixtures built once): the tests run one
 # thread each (tests/conftest.py), so a 2-core machine runs two files at once (benchmarks/RESULTS.md,
-# "make test wall time"). TEST_WORKERS=0 runs them in this process, one after another.
+# "make test wall time"). Files are handed out in collection order, longest first (conftest's
+# LONGEST_FIRST): xdist's default reorders them by test count, which left a 2-minute file to run alone
+# at the end. TEST_WORKERS=0 runs them in this process, one after another.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+	$(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 lint: $(STAMP)
 	$(PY) -m pip install --quiet ruff
