@@ -222,6 +222,10 @@ class FinetuneConfig:
     # feature extractor (eval mode, no gradients): the backward pass skips the high-resolution early
     # layers, so a CPU can fine-tune at a larger input. Needs a trained start (pretrained or ssl).
     freeze_stages: int = 0
+    # When set, the decision threshold is at most the level that this share of the out-of-fold real items
+    # reach (the F1 threshold where it is lower): fakes of a generator training never saw often score
+    # below the training fakes but still above the reals (benchmarks/RESULTS.md, "A threshold that carries").
+    max_real_fpr: float | None = None
     save_every: int = 0
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(lr=5e-4, weight_decay=0.05, layer_decay=None)
@@ -412,6 +416,8 @@ def _check_values(cfg: Config) -> None:
     problems += _freeze_problems(cfg)
     if cfg.finetune.folds < 2:
         problems.append("finetune.folds: at least 2 folds are needed")
+    if cfg.finetune.max_real_fpr is not None and not 0.0 <= cfg.finetune.max_real_fpr < 1.0:
+        problems.append("finetune.max_real_fpr: must be in [0, 1), or null for the F1 threshold alone")
     if cfg.finetune.select_metric not in ("val_auc", "val_f1", "val_logloss", "val_acc"):
         problems.append(f"finetune.select_metric: {cfg.finetune.select_metric!r} is not supported")
     if cfg.run.channels_last.lower() not in CHANNELS_LAST_SETTINGS:

@@ -160,15 +160,35 @@ def best_f1_threshold(y_true: Any, prob: Any) -> tuple[float, float]:
     p64 = p.astype(np.float64)
     n_pos = int(y.sum())
     if n_pos == 0:
-        top = float(p64.max())
-        t = float(np.nextafter(np.float32(top), np.float32(np.inf)))
-        return (t if t > top else float(np.nextafter(top, np.inf))), 0.0
+        return _just_above(float(p64.max())), 0.0
     scores, tp, fp = _sweep(y, p64)
     f1 = 2.0 * tp / (tp + fp + n_pos)  # 2tp / (2tp + fp + fn) with fn = n_pos - tp
     k = int(np.argmax(f1))  # first maximum = highest threshold
     # Midway to the next lower distinct score; the lowest score itself when every image is positive.
     t = _between(float(scores[k]), float(scores[k + 1])) if k + 1 < scores.size else float(scores[k])
     return t, float(f1[k])
+
+
+def _just_above(score: float) -> float:
+    """The smallest threshold t > ``score`` (a float32 value where one lies above it): ``score >= t`` is false."""
+    t = float(np.nextafter(np.float32(score), np.float32(np.inf)))
+    return t if t > score else float(np.nextafter(score, np.inf))
+
+
+def real_fpr_threshold(y_true: Any, prob: Any, max_fpr: float) -> float:
+    """The lowest threshold that calls at most ``max_fpr`` of the real items (label 0) fake.
+
+    With n real scores, at most floor(max_fpr * n) of them reach ``prob >= t``: t lies just above the
+    next one down (tied scores stay together, so ties can leave fewer). No real item -> 0.0.
+    """
+    if not 0.0 <= max_fpr < 1.0:
+        raise ValueError(f"max_fpr must be in [0, 1), not {max_fpr}")
+    y, p = _inputs(y_true, prob)
+    real = np.sort(p[y == 0].astype(np.float64))[::-1]
+    if not real.size:
+        return 0.0
+    allowed = int(math.floor(max_fpr * real.size + 1e-9))  # 1e-9: 0.05 * 200 must allow 10, not 9
+    return _just_above(float(real[allowed])) if allowed < real.size else float(real[-1])
 
 
 def auc_standard_error(auc: float, n_pos: int, n_neg: int) -> float:

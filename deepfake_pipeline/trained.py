@@ -43,7 +43,7 @@ from .engine import make_loader, predict_logits
 from .errors import CheckpointError, PipelineError, StaleOutputError
 from .faults import failpoint
 from .images import atomic_write_text, save_csv
-from .metrics import best_f1_threshold, binary_metrics, label_metrics
+from .metrics import best_f1_threshold, binary_metrics, label_metrics, real_fpr_threshold
 from .model import build_classifier
 from .runtime import Runtime, amp_policy, pick_device, use_channels_last
 
@@ -368,7 +368,7 @@ def pool_oof(cfg: Config, paths: RunPaths, runtime: Runtime) -> dict[str, object
     if oof["Id"].duplicated().any():
         raise PipelineError("oof: an Id appears in two validation folds")
     save_csv(paths.oof_csv, oof)
-    record = {**oof_figures(oof), "folds": cfg.finetune.folds, "tta": list(cfg.predict.tta),
+    record = {**oof_figures(oof, cfg.finetune.max_real_fpr), "folds": cfg.finetune.folds, "tta": list(cfg.predict.tta),
               "crossfit_splits": CROSSFIT_SPLITS}
     atomic_write_text(paths.threshold_json, json.dumps(record, indent=2))
     return record
@@ -377,8 +377,19 @@ def pool_oof(cfg: Config, paths: RunPaths, runtime: Runtime) -> dict[str, object
 OOF_COLUMNS = ["Id", "fold", "target", "logit", "prob", "prob_insample", "made_by"]
 
 
-def oof_figures(oof: pd.DataFrame) -> dict[str, object]:
-    """The threshold and the out-of-fold figures of ``oof.csv``'s rows (``prob``: cross-fitted).
+def choose_threshold(y: np.ndarray, p: np.ndarray, max_real_fpr: float | None = None) -> float:
+    """The threshold maximising F1 of ``p >= t``; with ``max_real_fpr``, at most the level that this
+    share of the real items (``y == 0``) reach (``finetune.max_real_fpr``: fakes of a generator the
+    training never saw, which score below the training fakes but above the reals, are still called)."""
+    threshold = best_f1_threshold(y, p)[0]
+    if max_real_fpr is not None:
+        threshold = min(threshold, real_fpr_threshold(y, p, max_real_fpr))
+    return threshold
+
+
+def oof_figures(oof: pd.DataFrame, max_real_fpr: float | None = None) -> dict[str, object]:
+    """The threshold (:func:`choose_threshold`) and the out-of-fold figures of ``oof.csv``'s rows
+    (``prob``: cross-fitted).
 
     ``oof_f1`` is the F1 at the chosen threshold, the best one for these very rows (so still a
     little optimistic); ``oof_f1_heldout`` labels each fold's rows with the threshold chosen on the
@@ -394,24 +405,29 @@ def oof_figures(oof: pd.DataFrame) -> dict[str, object]:
     ref = reference_mask(oof)
     oof = oof[ref]
     y, p = oof["target"].to_numpy().astype(int), oof["prob"].to_numpy()
-    threshold, f1 = best_f1_threshold(y, p)
+    threshold_f1 = best_f1_threshold(y, p)[0]
+    threshold = choose_threshold(y, p, max_real_fpr)
+    f1 = label_metrics(y, (p >= threshold).astype(int))["f1"]
     metrics = binary_metrics(y, p, threshold=threshold)
     raw = binary_metrics(y, sigmoid(oof["logit"].to_numpy()))
     called = np.zeros(len(oof), dtype=int)
     for k in oof["fold"].unique():
         mine = (oof["fold"] == k).to_numpy()
-        rest_t = best_f1_threshold(y[~mine], p[~mine])[0] if (~mine).any() else threshold
+        rest_t = choose_threshold(y[~mine], p[~mine], max_real_fpr) if (~mine).any() else threshold
         called[mine] = p[mine] >= rest_t
     record: dict[str, object] = {
         "threshold": float(threshold), "oof_f1": float(f1), "oof_f1_heldout": float(label_metrics(y, called)["f1"]),
         "oof_auc": _num(metrics["auc"]), "oof_logloss": _num(metrics["logloss"]), "oof_acc": _num(metrics["acc"]),
         "oof_auc_uncalibrated": _num(raw["auc"]), "oof_fake_share": float(np.mean(p >= threshold)),
-        "n": int(len(oof)),
+        "n": int(len(oof)), "threshold_f1": float(threshold_f1), "max_real_fpr": max_real_fpr,
+        "oof_real_fpr": float(np.mean(p[y == 0] >= threshold)) if (y == 0).any() else None,
         "basis": "every item, self-made fakes included (there is no real fake)" if has_made and ref.all()
                  else "the dataset's own items",
         "method": "threshold maximising F1 on pooled out-of-fold probabilities (each fold's validation items "
                   "predicted with the predict.tta views, calibrated by Platt fits on the other parts of their "
-                  "fold: cross-fitted); prob >= threshold -> fake",
+                  "fold: cross-fitted); prob >= threshold -> fake"
+                  + ("" if max_real_fpr is None else
+                     f"; capped at the level that {max_real_fpr:g} of the real items reach"),
     }
     if "prob_insample" in oof.columns:
         q = oof["prob_insample"].to_numpy()
@@ -442,8 +458,15 @@ def self_made_figures(oof: pd.DataFrame, threshold: float) -> dict[str, object]:
 
 
 def oof_is_current(cfg: Config, paths: RunPaths) -> bool:
-    """threshold.json exists and every fold's out-of-fold predictions match its weights and the TTA views."""
+    """threshold.json exists, was chosen by the configured rule (``finetune.max_real_fpr``), and every
+    fold's out-of-fold predictions match its weights and the TTA views."""
     if not (paths.threshold_json.is_file() and paths.oof_csv.is_file()):
+        return False
+    try:
+        rule = json.loads(paths.threshold_json.read_text()).get("max_real_fpr")
+    except (OSError, ValueError):
+        return False
+    if rule != cfg.finetune.max_real_fpr:  # the threshold's rule changed: choose it again
         return False
     return all(_val_preds_current(cfg, paths, k) for k in range(cfg.finetune.folds))
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from deepfake_pipeline.metrics import best_f1_threshold, binary_metrics, label_metrics, logloss
+from deepfake_pipeline.metrics import best_f1_threshold, binary_metrics, label_metrics, logloss, real_fpr_threshold
 
 
 def _f1_at(y: np.ndarray, p: np.ndarray, t: float) -> float:
@@ -172,3 +172,19 @@ def test_auc_standard_error_matches_hanley_mcneil_and_the_bootstrap() -> None:
         i = np.r_[rng.integers(0, 300, 300), rng.integers(300, 600, 300)]
         boot.append(binary_metrics(y[i], p[i])["auc"])
     assert auc_standard_error(auc, 300, 300) == pytest.approx(np.std(boot), rel=0.2)
+
+
+def test_real_fpr_threshold_calls_at_most_that_share_of_the_reals() -> None:
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(200, int), np.ones(50, int)]
+    p = np.r_[rng.random(200), rng.random(50) * 0.1]  # the fakes play no part
+    for fpr in (0.0, 0.01, 0.05, 0.1, 0.5):
+        t = real_fpr_threshold(y, p, fpr)
+        assert np.sum(p[y == 0] >= t) == int(round(fpr * 200))  # distinct scores: exactly that many (0.05 -> 10)
+        below = np.sort(p[y == 0])[::-1][int(round(fpr * 200))]
+        assert below < t <= np.nextafter(np.float32(below), np.float32(1.0))  # the lowest such threshold
+    ties = np.array([0.9, 0.9, 0.5])
+    assert np.sum(ties >= real_fpr_threshold(np.zeros(3, int), ties, 0.34)) == 0  # tied reals stay together
+    assert real_fpr_threshold(np.ones(3, int), ties, 0.05) == 0.0  # no real item: everything is called
+    with pytest.raises(ValueError, match="max_fpr"):
+        real_fpr_threshold(y, p, 1.0)

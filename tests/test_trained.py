@@ -13,6 +13,7 @@ import pytest
 from deepfake_pipeline.artifacts import RunPaths, fold_rows, load_faces
 from deepfake_pipeline.config import DiamondsConfig
 from deepfake_pipeline.diamonds import select_diamonds
+from deepfake_pipeline.metrics import real_fpr_threshold
 from deepfake_pipeline.predict import check_fake_share
 from deepfake_pipeline.trained import (
     Calibration,
@@ -141,6 +142,31 @@ def test_heldout_f1_takes_each_folds_threshold_from_the_other_folds() -> None:
     assert "insample" not in figures  # no prob_insample column: nothing to compare
 
 
+def test_a_real_fpr_cap_lowers_the_threshold_only_where_f1_sits_above_it() -> None:
+    """finetune.max_real_fpr: fakes at 0.9-0.99, reals spread over 0-0.5. F1 alone cuts midway (0.7),
+    where a new generator's fakes scoring 0.3-0.5 would all pass as real; capped at 5% of the reals the
+    threshold drops to just above the sixth-highest real. Where reals and fakes overlap, F1's threshold
+    already calls more than 5% of the reals fake, and the cap leaves it."""
+    from deepfake_pipeline.trained import oof_figures
+
+    reals, fakes = np.linspace(0.0, 0.5, 100), np.linspace(0.9, 0.99, 100)
+    oof = pd.DataFrame({"Id": [f"i{i}" for i in range(200)], "fold": np.arange(200) % 2,
+                        "target": np.r_[np.zeros(100, int), np.ones(100, int)], "logit": 0.0,
+                        "prob": np.r_[reals, fakes]})
+    plain, capped = oof_figures(oof), oof_figures(oof, max_real_fpr=0.05)
+    assert plain["max_real_fpr"] is None and plain["threshold"] == plain["threshold_f1"]
+    assert 0.5 < plain["threshold"] < 0.9 and plain["oof_f1"] == 1.0 and plain["oof_real_fpr"] == 0.0
+    assert reals[94] < capped["threshold"] <= reals[95] and capped["threshold_f1"] == plain["threshold"]
+    assert capped["oof_real_fpr"] == 0.05 and capped["max_real_fpr"] == 0.05
+    assert capped["oof_f1"] == pytest.approx(200 / 205)  # 100 fakes, 5 reals called: 2tp / (2tp + fp)
+    assert capped["oof_f1_heldout"] < 1.0  # each fold's cap, chosen on the other fold, also calls reals
+    assert "capped at the level that 0.05 of the real items reach" in capped["method"]
+
+    overlap = oof.assign(prob=np.r_[np.linspace(0.0, 0.6, 100), np.linspace(0.4, 1.0, 100)])
+    f1_only, with_cap = oof_figures(overlap), oof_figures(overlap, max_real_fpr=0.05)
+    assert f1_only["oof_real_fpr"] > 0.05 and with_cap["threshold"] == f1_only["threshold"]
+
+
 def test_the_share_called_fake_is_checked_against_the_calibrated_expectation() -> None:
     assert check_fake_share(0.52, 0.50, 600)
     assert not check_fake_share(0.97, 0.50, 600)  # the recorded failure: almost everything called fake
@@ -202,3 +228,30 @@ def test_new_tta_views_refit_the_calibration_without_retraining(run: Path, tmp_p
     assert json.loads((copy / "threshold.json").read_text())["tta"] == ["identity", "vflip"]
     assert oof_is_current(cfg, RunPaths(copy)) and read_calibration(cfg, RunPaths(copy), 0) is not None
     assert (copy / "fold0" / "best.safetensors").stat().st_mtime_ns == weights  # nothing retrained
+
+
+def test_a_new_threshold_rule_chooses_the_threshold_again_without_retraining(run: Path, tmp_path: Path) -> None:
+    """finetune.max_real_fpr set after fine-tuning: threshold.json was chosen by another rule, so the
+    predict stage chooses it again from oof.csv, and the submission's calls follow it. (This tiny model's
+    F1 threshold already calls most real faces fake, so here the cap may leave it where it was.)"""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    before = json.loads((copy / "threshold.json").read_text())
+    weights = (copy / "fold0" / "best.safetensors").stat().st_mtime_ns
+    proc = run_cli(["train.py", "--config", str(copy / "config.yaml"), "--stage", "predict", "--set", f"run.dir={copy}",
+                    "--set", "finetune.max_real_fpr=0.0"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = load_run_config(copy)
+    assert cfg.finetune.max_real_fpr == 0.0 and oof_is_current(cfg, RunPaths(copy))
+    after = json.loads((copy / "threshold.json").read_text())
+    oof = pd.read_csv(copy / "oof.csv", dtype={"Id": str})
+    assert after == {**after, **oof_figures(oof, 0.0)} and after["max_real_fpr"] == 0.0
+    assert after["threshold_f1"] == before["threshold"] and "max_real_fpr" in after
+    above_reals = real_fpr_threshold(oof["target"], oof["prob"], 0.0)  # just above the highest real
+    assert after["threshold"] == min(before["threshold"], above_reals)  # a cap: it only ever lowers
+    probs = pd.read_csv(copy / "test_probs.csv", dtype={"Id": str}).set_index("Id")["prob"]
+    calls = pd.read_csv(copy / "submission.csv", dtype={"Id": str}).set_index("Id").iloc[:, 0]
+    assert ((probs >= after["threshold"]).astype(int) == calls.loc[probs.index]).all()
+    assert (copy / "fold0" / "best.safetensors").stat().st_mtime_ns == weights  # nothing retrained
+    cfg.finetune.max_real_fpr = None  # the old rule: threshold.json no longer matches it
+    assert not oof_is_current(cfg, RunPaths(copy))
