@@ -257,3 +257,27 @@ def test_generator_split_holds_out_the_named_generators_and_keeps_the_speaker_sp
     assert selfmade == {"train_real": 2, "train_fake": 0, "test_real": 1, "test_fake": 3}
     with pytest.raises(SystemExit, match="no generator 'wavenet'"):
         write_layout(source, tmp_path / "bad", ("wavenet",), ())
+
+
+def test_threshold_rules_scores_each_cap_on_the_oof_and_the_test_set(tmp_path: Path) -> None:
+    """A run whose test fakes (an unseen generator) score 0.2, below the training fakes (0.9) but above
+    the reals: the F1 threshold calls none of them fake, a 5% cap on the OOF reals calls them all."""
+    import numpy as np
+    import pandas as pd
+
+    from benchmarks.threshold_rules import rule_rows
+
+    reals = np.linspace(0.0, 0.1, 100)
+    pd.DataFrame({"Id": [f"o{i}" for i in range(200)], "fold": np.arange(200) % 2,
+                  "target": np.r_[np.zeros(100, int), np.ones(100, int)], "logit": 0.0,
+                  "prob": np.r_[reals, np.full(100, 0.9)]}).to_csv(tmp_path / "oof.csv", index=False)
+    ids = [f"t{i}" for i in range(40)]
+    pd.DataFrame({"Id": ids, "prob": np.r_[np.linspace(0.0, 0.05, 20), np.full(20, 0.2)]}).to_csv(
+        tmp_path / "test_probs.csv", index=False)
+    pd.DataFrame({"Id": ids[::-1], "target_feature": np.r_[np.ones(20, int), np.zeros(20, int)]}).to_csv(
+        tmp_path / "solution.csv", index=False)  # another order: rows are matched by Id
+    plain, capped = rule_rows(tmp_path, tmp_path / "solution.csv", [None, 0.05])
+    assert plain["cap"] == "none" and plain["test_fake_called"] == 0.0 and plain["test_f1"] == 0.0
+    assert capped["cap"] == "0.05" and capped["oof_real_fpr"] == 0.05 and reals[94] < capped["threshold"] <= reals[95]
+    assert capped["test_fake_called"] == 1.0 and capped["test_real_called"] == 0.0 and capped["test_f1"] == 1.0
+    assert capped["test_true_share"] == 0.5 and capped["oof_f1_heldout"] < plain["oof_f1_heldout"] == 1.0
