@@ -285,11 +285,14 @@ class Config:
 
 
 # Keys that change speed or logging but never results; left out of the stage hashes so that
-# rerunning with more workers or another device still counts as the same finished stage.
+# rerunning with more workers or another device still counts as the same finished stage. Also the
+# threshold's rule (finetune.max_real_fpr): it changes no fold's weights, and threshold.json records
+# it (trained.oof_is_current chooses the threshold again when it changes).
 _RUNTIME_KEYS = {
     "align": {"batch_size", "workers", "device", "max_unreadable_share"},
     "run": {"device", "workers", "progress", "compile", "compile_backend", "dir", "name"},
     "predict": {"batch_size"},
+    "finetune": {"max_real_fpr"},
 }
 
 

@@ -398,11 +398,12 @@ def load_models(cfg: Config, paths: RunPaths, runtime: Runtime) -> dict[int, nn.
     return models
 
 
-def threshold_or_default(paths: RunPaths) -> float:
-    """threshold.json when present and readable, else 0.5 (with a warning)."""
+def threshold_or_default(paths: RunPaths, cfg: Config | None = None) -> float:
+    """threshold.json when present and readable (chosen again by ``cfg``'s rule where it differs,
+    :func:`~.trained.read_threshold`), else 0.5 (with a warning)."""
     if paths.threshold_json.is_file():
         try:
-            value = read_threshold(paths)
+            value = read_threshold(paths, cfg)
             if 0.0 <= value <= 1.0:
                 return value
             log.warning("%s: threshold %s outside [0, 1]", paths.threshold_json, value)
@@ -596,7 +597,7 @@ def _predict_paths(cfg: Config, predictor: SafePredictor, groups: list[list[Path
 def safe_inference(cfg: Config, paths: RunPaths, runtime: Runtime, out: Path, fast: bool = False) -> SafeResult:
     """Write ``out`` (Id,target_feature for every test Id), ``problems.csv`` and ``<out>_probs.csv`` beside it."""
     predictor = make_predictor(cfg, paths, runtime, fast)
-    threshold = threshold_or_default(paths)
+    threshold = threshold_or_default(paths, cfg)
     test, prior = test_set_and_prior(cfg, paths)
     test_ids = list(test)
     have, redo, why = aligned_faces(cfg, test_ids, trained_stage1_hashes(cfg, paths, sorted(predictor.models)))
@@ -683,7 +684,7 @@ def inspect_images(cfg: Config, paths: RunPaths, runtime: Runtime, inputs: list[
                    ) -> pd.DataFrame:
     """Id (file name), prob, label (1 fake / 0 real; empty when unanswered), status, note per input file."""
     predictor = make_predictor(cfg, paths, runtime, fast)
-    threshold = threshold_or_default(paths)
+    threshold = threshold_or_default(paths, cfg)
     rows = []
     with tempfile.TemporaryDirectory(prefix="safe_faces_") as tmp:
         aligned = on_the_fly(cfg, runtime.device, Path(tmp)).align(inputs)

@@ -48,7 +48,8 @@ def run_predict(cfg: Config, runtime: Runtime, paths: RunPaths, force: bool = Fa
             "(safe_inference.py answers from any finished subset)"
         )
     if not oof_is_current(cfg, paths):
-        log.info("predict: the OOF calibration was made for other TTA views or weights: refitting it")
+        log.info("predict: the OOF calibration was made for other TTA views or weights, or the threshold by "
+                 "another rule (finetune.max_real_fpr): refitting what changed")
         pool_oof(cfg, paths, runtime)
     record = json.loads(paths.threshold_json.read_text())
     threshold = float(record["threshold"])

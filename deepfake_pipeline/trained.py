@@ -382,7 +382,7 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, max_real_fpr: float | None = 
     share of the real items (``y == 0``) reach (``finetune.max_real_fpr``: fakes of a generator the
     training never saw, which score below the training fakes but above the reals, are still called)."""
     threshold = best_f1_threshold(y, p)[0]
-    if max_real_fpr is not None:
+    if max_real_fpr is not None and (y == 0).any():  # no real item: no share of them to keep to
         threshold = min(threshold, real_fpr_threshold(y, p, max_real_fpr))
     return threshold
 
@@ -471,10 +471,20 @@ def oof_is_current(cfg: Config, paths: RunPaths) -> bool:
     return all(_val_preds_current(cfg, paths, k) for k in range(cfg.finetune.folds))
 
 
-def read_threshold(paths: RunPaths) -> float:
+def read_threshold(paths: RunPaths, cfg: Config | None = None) -> float:
+    """threshold.json's threshold; with ``cfg``, chosen again from ``oof.csv`` (and logged) where the
+    file was chosen by another rule than ``finetune.max_real_fpr`` says (predict rewrites the file)."""
     if not paths.threshold_json.is_file():
         raise PipelineError(f"{paths.threshold_json} not found: finish the finetune stage (all folds) first")
-    return float(json.loads(paths.threshold_json.read_text())["threshold"])
+    record = json.loads(paths.threshold_json.read_text())
+    if cfg is not None and record.get("max_real_fpr") != cfg.finetune.max_real_fpr and paths.oof_csv.is_file():
+        oof = pd.read_csv(paths.oof_csv, dtype={"Id": str}, keep_default_na=False)
+        threshold = float(oof_figures(oof, cfg.finetune.max_real_fpr)["threshold"])
+        log.info("threshold %.4f: chosen again from %s with finetune.max_real_fpr=%s (%s has %.4f, chosen with %s)",
+                 threshold, paths.oof_csv, cfg.finetune.max_real_fpr, paths.threshold_json.name,
+                 float(record["threshold"]), record.get("max_real_fpr"))
+        return threshold
+    return float(record["threshold"])
 
 
 def _num(value: float | None) -> float | None:

@@ -167,6 +167,36 @@ def test_a_real_fpr_cap_lowers_the_threshold_only_where_f1_sits_above_it() -> No
     assert f1_only["oof_real_fpr"] > 0.05 and with_cap["threshold"] == f1_only["threshold"]
 
 
+def test_a_cap_without_real_items_leaves_the_f1_threshold() -> None:
+    from deepfake_pipeline.metrics import best_f1_threshold
+    from deepfake_pipeline.trained import choose_threshold
+
+    y, p = np.ones(10, int), np.linspace(0.5, 1.0, 10)
+    assert choose_threshold(y, p, 0.05) == best_f1_threshold(y, p)[0] > 0.0  # not "everything is fake"
+
+
+def test_a_threshold_read_under_another_rule_is_chosen_again_from_the_oof(tmp_path: Path) -> None:
+    """safe_inference and --input read threshold.json without predict: a rule changed since is applied
+    from oof.csv (no models needed); without a config, or under the same rule, the file's value stands."""
+    from types import SimpleNamespace
+
+    from deepfake_pipeline.fallback import threshold_or_default
+    from deepfake_pipeline.trained import read_threshold
+
+    reals = np.linspace(0.0, 0.5, 100)
+    oof = pd.DataFrame({"Id": [f"i{i}" for i in range(200)], "fold": np.arange(200) % 2,
+                        "target": np.r_[np.zeros(100, int), np.ones(100, int)], "logit": 0.0,
+                        "prob": np.r_[reals, np.full(100, 0.9)], "made_by": ""})
+    oof.to_csv(tmp_path / "oof.csv", index=False)
+    (tmp_path / "threshold.json").write_text(json.dumps(oof_figures(oof)))  # chosen without a cap
+    paths, capped = RunPaths(tmp_path), SimpleNamespace(finetune=SimpleNamespace(max_real_fpr=0.05))
+    f1_only = json.loads(paths.threshold_json.read_text())["threshold"]
+    assert 0.5 < f1_only < 0.9 and read_threshold(paths) == f1_only
+    assert read_threshold(paths, SimpleNamespace(finetune=SimpleNamespace(max_real_fpr=None))) == f1_only
+    assert reals[94] < read_threshold(paths, capped) <= reals[95]
+    assert threshold_or_default(paths, capped) == read_threshold(paths, capped)
+
+
 def test_the_share_called_fake_is_checked_against_the_calibrated_expectation() -> None:
     assert check_fake_share(0.52, 0.50, 600)
     assert not check_fake_share(0.97, 0.50, 600)  # the recorded failure: almost everything called fake
@@ -255,3 +285,16 @@ def test_a_new_threshold_rule_chooses_the_threshold_again_without_retraining(run
     assert (copy / "fold0" / "best.safetensors").stat().st_mtime_ns == weights  # nothing retrained
     cfg.finetune.max_real_fpr = None  # the old rule: threshold.json no longer matches it
     assert not oof_is_current(cfg, RunPaths(copy))
+
+
+def test_a_new_threshold_rule_keeps_the_finished_folds_of_the_finetune_stage(run: Path, tmp_path: Path) -> None:
+    """The rule is not in the fold hash: the finetune stage run again with another cap keeps every fold
+    (no StaleOutputError, nothing retrained) and only chooses the threshold again."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    weights = {k: (copy / f"fold{k}" / "best.safetensors").stat().st_mtime_ns for k in (0, 1)}
+    proc = run_cli(["train.py", "--config", str(copy / "config.yaml"), "--stage", "finetune", "--set", f"run.dir={copy}",
+                    "--set", "finetune.max_real_fpr=0.5"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((copy / "threshold.json").read_text())["max_real_fpr"] == 0.5
+    assert {k: (copy / f"fold{k}" / "best.safetensors").stat().st_mtime_ns for k in (0, 1)} == weights
