@@ -93,6 +93,15 @@ def test_a_kept_fake_reads_back_bit_for_bit_and_is_not_made_again(tmp_path: Path
         resynthesise(x, RATE, "lpc", 8, cache=tmp_path)
 
 
+def _fresh_keys(cache: Path, x: np.ndarray, methods: dict[str, Path]) -> dict[str, Path]:
+    """Each method's kept-fake path (seed 1) with code_version computed anew, as a new process would."""
+    resynth.code_version.cache_clear()
+    try:
+        return {m: cache_file(cache, x, RATE, m, 1) for m in methods}
+    finally:
+        resynth.code_version.cache_clear()
+
+
 def test_an_edit_here_makes_the_hand_made_fakes_stale_and_leaves_the_vocoders_kept(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A hand-made method's key follows this module's source; a trained vocoder's follows its own code
@@ -103,11 +112,7 @@ def test_an_edit_here_makes_the_hand_made_fakes_stale_and_leaves_the_vocoders_ke
     assert cache_file(tmp_path, x, RATE, "hifigan", 2) == before["hifigan"]
     assert cache_file(tmp_path, x, RATE, "lpc", 2) != before["lpc"]
     monkeypatch.setattr(resynth, "_SOURCE_DIGEST", "an edited resynth.py")
-    resynth.code_version.cache_clear()
-    try:
-        after = {m: cache_file(tmp_path, x, RATE, m, 1) for m in before}
-    finally:
-        resynth.code_version.cache_clear()
+    after = _fresh_keys(tmp_path, x, before)
     assert after["lpc"] != before["lpc"]
     assert after["hifigan"] == before["hifigan"] and after["hifigan16"] == before["hifigan16"]
 
@@ -124,11 +129,7 @@ def test_each_vocoders_kept_fakes_follow_its_own_weights_file(tmp_path: Path, mo
     other.write_bytes(b"x" * 10)
     real = vocoder.weights_file
     monkeypatch.setattr(vocoder, "weights_file", lambda spec: other if spec == vocoder.NATIVE_16K else real(spec))
-    resynth.code_version.cache_clear()
-    try:
-        after = {m: cache_file(tmp_path, x, RATE, m, 1) for m in before}
-    finally:
-        resynth.code_version.cache_clear()
+    after = _fresh_keys(tmp_path, x, before)
     assert after["hifigan16"] != before["hifigan16"]
     assert after["hifigan"] == before["hifigan"] and after["lpc"] == before["lpc"]
 
