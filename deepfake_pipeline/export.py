@@ -48,6 +48,7 @@ from .config import Config
 from .errors import ConfigError, PipelineError
 from .features import ForensicInput, srm_residuals, standardize
 from .images import atomic_path, atomic_write_text
+from .trained import read_threshold, threshold_rule
 
 log = logging.getLogger(__name__)
 
@@ -362,8 +363,8 @@ def export_fold(
 def _write_sidecar(result: ExportResult, cfg: Config, paths: RunPaths) -> None:
     threshold = None
     if paths.threshold_json.is_file():
-        try:
-            threshold = float(json.loads(paths.threshold_json.read_text())["threshold"])
+        try:  # under the configured rule: chosen again from oof.csv where threshold.json has another
+            threshold = read_threshold(paths, cfg)
         except (ValueError, KeyError, TypeError):
             threshold = None
     record = {
@@ -372,6 +373,7 @@ def _write_sidecar(result: ExportResult, cfg: Config, paths: RunPaths) -> None:
                   "shape": ["batch", 3, result.img_size, result.img_size]},
         "outputs": {"prob": "sigmoid(logit) = P(fake), (batch,)", "logit": "(batch,)"},
         "threshold": threshold, "decision": "fake when prob >= threshold",
+        "threshold_rule": threshold_rule(cfg.finetune.max_real_fpr), "max_real_fpr": cfg.finetune.max_real_fpr,
         "backbone": cfg.model.backbone, "channels": list(cfg.model.channels),
         "fft": result.fft, "exporter": result.exporter, "opset": result.opset,
         "parity": {"images": result.images, "max_abs_diff_prob": result.max_abs_diff_prob,

@@ -33,7 +33,15 @@ from .images import atomic_write_text, save_csv
 from .runtime import Runtime
 from .shift import check_score_shift
 from .submission import call_fake, prior_answer, write_submission
-from .trained import check_test_stage1, ensemble_logits, finished_folds, oof_is_current, pool_oof, sigmoid
+from .trained import (
+    check_test_stage1,
+    ensemble_logits,
+    finished_folds,
+    oof_is_current,
+    pool_oof,
+    sigmoid,
+    threshold_rule,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +100,7 @@ def run_predict(cfg: Config, runtime: Runtime, paths: RunPaths, force: bool = Fa
              len(cfg.predict.tta), threshold, int(submission["target_feature"].sum()), 100 * fake_share,
              100 * record.get("oof_fake_share", float("nan")), 100 * float(probs["prob"].mean()),
              paths.submission_csv)
-    check_fake_share(fake_share, float(probs["prob"].mean()), len(test_ids))
+    check_fake_share(fake_share, float(probs["prob"].mean()), len(test_ids), threshold_rule(record.get("max_real_fpr")))
 
 
 def fold_agreement(per_fold: np.ndarray, threshold: float) -> dict[str, object]:
@@ -116,18 +124,20 @@ def fold_agreement(per_fold: np.ndarray, threshold: float) -> dict[str, object]:
     }
 
 
-def check_fake_share(called: float, expected: float, n: int) -> bool:
+def check_fake_share(called: float, expected: float, n: int, rule: str = "the OOF F1 threshold") -> bool:
     """Warn when the share called fake is far from what the calibrated probabilities expect.
 
     The mean calibrated probability estimates the test set's share of fakes; the threshold should
     call roughly that share fake. Far off (more than 4 standard errors of a share, and 10 points),
     the threshold or the calibration does not fit these test images (another source, another
-    alignment): the probabilities still rank, the labels may not.
+    alignment): the probabilities still rank, the labels may not. ``rule`` names how the threshold
+    was chosen: a cap on the real items' false alarms calls more fake than the probabilities expect by
+    design, and the warning says so.
     """
     se = max(np.sqrt(max(expected * (1 - expected), 1e-6) / max(n, 1)), 1e-9)
     off = abs(called - expected) > max(4 * se, 0.10)
     if off:
         log.warning("predict: %.1f%% of the test images are called fake, but their calibrated probabilities "
-                    "expect %.1f%%: the OOF threshold may not suit this test set (check test_probs.csv)",
-                    100 * called, 100 * expected)
+                    "expect %.1f%%: %s may not suit this test set (check test_probs.csv)",
+                    100 * called, 100 * expected, rule)
     return not off

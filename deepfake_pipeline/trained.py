@@ -387,6 +387,14 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, max_real_fpr: float | None = 
     return threshold
 
 
+def threshold_rule(max_real_fpr: float | None) -> str:
+    """How the threshold was chosen, in words, for warnings and records."""
+    if max_real_fpr is None:
+        return "the OOF F1 threshold"
+    return (f"the OOF threshold (F1, capped where {100 * max_real_fpr:g}% of the OOF real items are called fake: "
+            "finetune.max_real_fpr)")
+
+
 def oof_figures(oof: pd.DataFrame, max_real_fpr: float | None = None) -> dict[str, object]:
     """The threshold (:func:`choose_threshold`) and the out-of-fold figures of ``oof.csv``'s rows
     (``prob``: cross-fitted).

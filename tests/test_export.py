@@ -79,6 +79,7 @@ def test_onnx_cli_export_parity_and_dynamic_batch(tiny_run: Path, reference: tup
     assert sidecar["parity"]["images"] == "8 aligned test faces"
     assert sidecar["opset"] == 17 and sidecar["exporter"] == "legacy" and sidecar["fft"] == "matmul"
     assert sidecar["threshold"] == json.loads((tiny_run / "threshold.json").read_text())["threshold"]
+    assert sidecar["max_real_fpr"] is None and sidecar["threshold_rule"] == "the OOF F1 threshold"
     assert not list(tmp_path.glob(".*.tmp"))
 
     import onnxruntime as ort

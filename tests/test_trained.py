@@ -14,7 +14,7 @@ from deepfake_pipeline.artifacts import RunPaths, fold_rows, load_faces
 from deepfake_pipeline.config import DiamondsConfig
 from deepfake_pipeline.diamonds import select_diamonds
 from deepfake_pipeline.metrics import real_fpr_threshold
-from deepfake_pipeline.predict import check_fake_share
+from deepfake_pipeline.predict import check_fake_share, threshold_rule
 from deepfake_pipeline.trained import (
     Calibration,
     crossfit_logodds,
@@ -201,6 +201,15 @@ def test_the_share_called_fake_is_checked_against_the_calibrated_expectation() -
     assert check_fake_share(0.52, 0.50, 600)
     assert not check_fake_share(0.97, 0.50, 600)  # the recorded failure: almost everything called fake
     assert check_fake_share(0.15, 0.05, 20)  # 20 images: 10 points are within the noise
+
+
+def test_the_fake_share_warning_names_the_threshold_rule(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING"):
+        assert not check_fake_share(0.70, 0.40, 600, threshold_rule(0.05))
+        assert not check_fake_share(0.70, 0.40, 600, threshold_rule(None))
+    capped, f1_only = [r.getMessage() for r in caplog.records]
+    assert "capped where 5% of the OOF real items" in capped and "max_real_fpr" in capped
+    assert "the OOF F1 threshold may not suit" in f1_only and "capped" not in f1_only
 
 
 # ----------------------------------------------------------------------------- on a tiny run
