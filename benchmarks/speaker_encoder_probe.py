@@ -105,10 +105,15 @@ def load_clip(path: Path) -> np.ndarray:
 
 
 def split_table(root: Path, split: str) -> pd.DataFrame:
+    """Id, target_feature, speaker, generator (``meta.csv``'s, else "fake" / "real") and path of a split."""
     table = pd.read_csv(root / f"{split}_solution.csv", dtype={"Id": str})
-    meta = pd.read_csv(root / "meta.csv", dtype={"Id": str}).set_index("Id")
-    table["generator"] = table["Id"].map(meta["generator"])
-    table["speaker"] = table["Id"].map(meta["speaker"]).astype(str)
+    if (root / "meta.csv").is_file():
+        meta = pd.read_csv(root / "meta.csv", dtype={"Id": str}).set_index("Id")
+        table["generator"] = table["Id"].map(meta["generator"])
+        table["speaker"] = table["Id"].map(meta["speaker"])
+    else:
+        table["generator"] = np.where(table["target_feature"] == 1, "fake", "real")
+    table["speaker"] = table["speaker"].astype(str)
     files = {p.stem: p for p in (root / f"{split}_audio").iterdir()}
     table["path"] = table["Id"].map(files)
     return table
@@ -152,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     scored = [(root, table, clip_features(encoder, table)) for root, table in scored]
     for kind in FEATURES:
         oof = np.zeros(len(y))
-        for fit, held in GroupKFold(5).split(x_train[kind], y, train["speaker"]):
+        for fit, held in GroupKFold(min(5, train["speaker"].nunique())).split(x_train[kind], y, train["speaker"]):
             oof[held] = probe().fit(x_train[kind][fit], y[fit]).decision_function(x_train[kind][held])
         model = probe().fit(x_train[kind], y)
         print(f"{kind:7s} trained on {args.train.name}: OOF {auc_line(y, oof)}", flush=True)
