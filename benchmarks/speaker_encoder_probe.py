@@ -10,8 +10,12 @@ and point ``--weights`` at the file inside it (nothing downloads at run time):
     python benchmarks/speaker_encoder_probe.py --weights ... --train /tmp/logo/yourtts-yourtts2glow \\
         --score /tmp/logo/yourtts-yourtts2glow
 
-Per clip, with the encoder's own front end (16 kHz, -30 dBFS, power mel of 25 ms / 10 ms frames,
-1.6 s partials at 50% overlap): ``emb``, the speaker embedding (mean over partials); ``lstm``, the
+Per clip, with the encoder's front end (16 kHz, -30 dBFS, power mel of 25 ms / 10 ms frames on
+librosa's Slaney bank, 1.6 s partials at 50% overlap). Unlike Resemblyzer's own ``embed_utterance``:
+no voice-activity trimming (webrtcvad is not installed), the level is set both ways (it only raises),
+the tail shorter than a partial step is dropped (it pads a last partial), and the mean embedding is
+not normalised again (the probe standardises its features anyway). ``emb``, the speaker embedding
+(mean over partials); ``lstm``, the
 last layer's outputs' mean and spread over time and each layer's final state; ``logmel``, the log mel
 bands' mean and spread (the reference without the network). A logistic regression per feature set:
 out-of-fold AUC in 5 speaker-grouped folds of ``--train``, then trained on all of it and scored on
@@ -113,9 +117,14 @@ def split_table(root: Path, split: str) -> pd.DataFrame:
         table["speaker"] = table["Id"].map(meta["speaker"])
     else:
         table["generator"] = np.where(table["target_feature"] == 1, "fake", "real")
+    if "speaker" not in table or table["speaker"].isna().any() or table["generator"].isna().any():
+        raise SystemExit(f"{root}: every {split} clip needs a speaker (train_solution.csv or meta.csv) and a "
+                         "generator (meta.csv)")
     table["speaker"] = table["speaker"].astype(str)
     files = {p.stem: p for p in (root / f"{split}_audio").iterdir()}
     table["path"] = table["Id"].map(files)
+    if table["path"].isna().any():
+        raise SystemExit(f"{root}: no audio file for {split} Id {table.loc[table['path'].isna(), 'Id'].iloc[0]}")
     return table
 
 

@@ -48,7 +48,7 @@ from .config import Config
 from .errors import ConfigError, PipelineError
 from .features import ForensicInput, srm_residuals, standardize
 from .images import atomic_path, atomic_write_text
-from .trained import read_threshold, threshold_rule
+from .trained import threshold_and_rule, threshold_rule
 
 log = logging.getLogger(__name__)
 
@@ -361,19 +361,19 @@ def export_fold(
 
 
 def _write_sidecar(result: ExportResult, cfg: Config, paths: RunPaths) -> None:
-    threshold = None
+    threshold, rule = None, None
     if paths.threshold_json.is_file():
         try:  # under the configured rule: chosen again from oof.csv where threshold.json has another
-            threshold = read_threshold(paths, cfg)
-        except (ValueError, KeyError, TypeError):
-            threshold = None
+            threshold, rule = threshold_and_rule(paths, cfg)
+        except (OSError, ValueError, KeyError, TypeError, PipelineError) as exc:
+            log.warning("export: no threshold in the sidecar (%s unreadable: %s)", paths.threshold_json, exc)
     record = {
         "model": result.path.name, "format": result.format, "run": str(paths.root), "fold": result.fold,
         "input": {"name": INPUT_NAME, "dtype": "uint8", "layout": "RGB, (batch, 3, H, W)",
                   "shape": ["batch", 3, result.img_size, result.img_size]},
         "outputs": {"prob": "sigmoid(logit) = P(fake), (batch,)", "logit": "(batch,)"},
         "threshold": threshold, "decision": "fake when prob >= threshold",
-        "threshold_rule": threshold_rule(cfg.finetune.max_real_fpr), "max_real_fpr": cfg.finetune.max_real_fpr,
+        "threshold_rule": None if threshold is None else threshold_rule(rule), "max_real_fpr": rule,
         "backbone": cfg.model.backbone, "channels": list(cfg.model.channels),
         "fft": result.fft, "exporter": result.exporter, "opset": result.opset,
         "parity": {"images": result.images, "max_abs_diff_prob": result.max_abs_diff_prob,

@@ -131,8 +131,9 @@ def check_fake_share(called: float, expected: float, n: int, rule: str = "the OO
     call roughly that share fake. Far off (more than 4 standard errors of a share, and 10 points),
     the threshold or the calibration does not fit these test images (another source, another
     alignment): the probabilities still rank, the labels may not. ``rule`` names how the threshold
-    was chosen: a cap on the real items' false alarms calls more fake than the probabilities expect by
-    design, and the warning says so.
+    was chosen (:func:`threshold_rule`): a cap on the real items' false alarms
+    (``finetune.max_real_fpr``) calls more fake than the probabilities expect by design, so the
+    warning names the cap for the reader to weigh.
     """
     se = max(np.sqrt(max(expected * (1 - expected), 1e-6) / max(n, 1)), 1e-9)
     off = abs(called - expected) > max(4 * se, 0.10)

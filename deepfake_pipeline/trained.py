@@ -482,6 +482,12 @@ def oof_is_current(cfg: Config, paths: RunPaths) -> bool:
 def read_threshold(paths: RunPaths, cfg: Config | None = None) -> float:
     """threshold.json's threshold; with ``cfg``, chosen again from ``oof.csv`` (and logged) where the
     file was chosen by another rule than ``finetune.max_real_fpr`` says (predict rewrites the file)."""
+    return threshold_and_rule(paths, cfg)[0]
+
+
+def threshold_and_rule(paths: RunPaths, cfg: Config | None = None) -> tuple[float, float | None]:
+    """:func:`read_threshold`'s threshold and the ``max_real_fpr`` it was chosen with: the configured
+    one where ``oof.csv`` allows choosing again, else threshold.json's own."""
     if not paths.threshold_json.is_file():
         raise PipelineError(f"{paths.threshold_json} not found: finish the finetune stage (all folds) first")
     record = json.loads(paths.threshold_json.read_text())
@@ -491,8 +497,8 @@ def read_threshold(paths: RunPaths, cfg: Config | None = None) -> float:
         log.info("threshold %.4f: chosen again from %s with finetune.max_real_fpr=%s (%s has %.4f, chosen with %s)",
                  threshold, paths.oof_csv, cfg.finetune.max_real_fpr, paths.threshold_json.name,
                  float(record["threshold"]), record.get("max_real_fpr"))
-        return threshold
-    return float(record["threshold"])
+        return threshold, cfg.finetune.max_real_fpr
+    return float(record["threshold"]), record.get("max_real_fpr")
 
 
 def _num(value: float | None) -> float | None:

@@ -310,3 +310,20 @@ def test_speaker_encoder_probe_loads_every_tensor_and_scores_out_of_fold(tmp_pat
     torch.save(state, tmp_path / "partial.pt")
     proc = run_cli([*args[:2], str(tmp_path / "partial.pt"), *args[3:]], timeout=300)
     assert proc.returncode != 0 and "weight_hh_l2" in proc.stderr
+
+
+def test_speaker_encoder_mel_bank_is_librosas() -> None:
+    # Values of librosa 0.11's filters.mel(sr=16000, n_fft=400, n_mels=40) (Slaney scale and area
+    # norm), which the encoder was trained on; an HTK scale or another norm moves every one of them.
+    import sys
+
+    import numpy as np
+
+    sys.path.insert(0, "benchmarks")
+    from speaker_encoder_probe import slaney_mel_bank
+
+    bank = slaney_mel_bank()
+    assert bank.shape == (40, 201)
+    assert np.allclose(bank[[0, 10, 39]].sum(axis=1), [0.02480904, 0.02480904, 0.02497876], atol=1e-7)
+    assert list(bank.argmax(axis=1)[[0, 10, 20, 39]]) == [2, 20, 44, 185]
+    assert abs(bank[10].max() - 0.01187948975712061) < 1e-8 and abs(bank[0, 1] - 0.007390209473669529) < 1e-8

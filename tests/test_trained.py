@@ -14,7 +14,7 @@ from deepfake_pipeline.artifacts import RunPaths, fold_rows, load_faces
 from deepfake_pipeline.config import DiamondsConfig
 from deepfake_pipeline.diamonds import select_diamonds
 from deepfake_pipeline.metrics import real_fpr_threshold
-from deepfake_pipeline.predict import check_fake_share, threshold_rule
+from deepfake_pipeline.predict import check_fake_share
 from deepfake_pipeline.trained import (
     Calibration,
     crossfit_logodds,
@@ -26,6 +26,7 @@ from deepfake_pipeline.trained import (
     oof_is_current,
     read_calibration,
     sigmoid,
+    threshold_rule,
 )
 
 from .helpers import run_cli, tiny_config
@@ -181,7 +182,7 @@ def test_a_threshold_read_under_another_rule_is_chosen_again_from_the_oof(tmp_pa
     from types import SimpleNamespace
 
     from deepfake_pipeline.fallback import threshold_or_default
-    from deepfake_pipeline.trained import read_threshold
+    from deepfake_pipeline.trained import read_threshold, threshold_and_rule
 
     reals = np.linspace(0.0, 0.5, 100)
     oof = pd.DataFrame({"Id": [f"i{i}" for i in range(200)], "fold": np.arange(200) % 2,
@@ -195,6 +196,24 @@ def test_a_threshold_read_under_another_rule_is_chosen_again_from_the_oof(tmp_pa
     assert read_threshold(paths, SimpleNamespace(finetune=SimpleNamespace(max_real_fpr=None))) == f1_only
     assert reals[94] < read_threshold(paths, capped) <= reals[95]
     assert threshold_or_default(paths, capped) == read_threshold(paths, capped)
+    assert threshold_and_rule(paths, capped) == (read_threshold(paths, capped), 0.05)
+
+    # export's sidecar records the threshold and the rule it was chosen by ...
+    from deepfake_pipeline.export import ExportResult, _write_sidecar
+
+    model = SimpleNamespace(backbone="b", channels=["rgb"])
+    result = ExportResult(tmp_path / "m.onnx", "onnx", 0, 64, "matmul", "legacy", 17, "x", 0.0, 0.0, 1e-3, 0.0)
+    _write_sidecar(result, SimpleNamespace(finetune=capped.finetune, model=model), paths)
+    sidecar = json.loads((tmp_path / "m.onnx.json").read_text())
+    assert (sidecar["threshold"], sidecar["max_real_fpr"]) == threshold_and_rule(paths, capped)
+    assert "capped where 5% of the OOF real items" in sidecar["threshold_rule"]
+    # ... which is threshold.json's own where no oof.csv is left to choose again from
+    (tmp_path / "oof.csv").unlink()
+    assert threshold_and_rule(paths, capped) == (f1_only, None)
+    _write_sidecar(result, SimpleNamespace(finetune=capped.finetune, model=model), paths)
+    sidecar = json.loads((tmp_path / "m.onnx.json").read_text())
+    assert (sidecar["threshold"], sidecar["max_real_fpr"], sidecar["threshold_rule"]) == (
+        f1_only, None, "the OOF F1 threshold")
 
 
 def test_the_share_called_fake_is_checked_against_the_calibrated_expectation() -> None:
