@@ -326,3 +326,22 @@ def test_a_new_threshold_rule_keeps_the_finished_folds_of_the_finetune_stage(run
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((copy / "threshold.json").read_text())["max_real_fpr"] == 0.5
     assert {k: (copy / f"fold{k}" / "best.safetensors").stat().st_mtime_ns for k in (0, 1)} == weights
+
+
+def test_predict_names_the_rule_its_threshold_was_chosen_by(run: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake-share warning is given the rule recorded beside the threshold predict used, not the
+    default: a run capped at max_real_fpr 0 must not be told its "OOF F1 threshold" may not suit."""
+    from deepfake_pipeline import predict
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    cfg = load_run_config(copy)
+    cfg.finetune.max_real_fpr = 0.0
+    seen: list[tuple[float, str]] = []
+    monkeypatch.setattr(predict, "check_fake_share",
+                        lambda called, expected, n, rule: seen.append((called, rule)) or True)
+    predict.run_predict(cfg, inference_runtime("cpu"), RunPaths(copy))
+    assert json.loads((copy / "threshold.json").read_text())["max_real_fpr"] == 0.0
+    calls = pd.read_csv(copy / "submission.csv", dtype={"Id": str})["target_feature"]
+    assert seen == [(float(calls.mean()), threshold_rule(0.0))]
