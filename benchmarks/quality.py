@@ -507,6 +507,8 @@ def run(args: argparse.Namespace, command: str) -> int:
     n_pos_oof, n_neg_oof = int(oof["target"].sum()), int((oof["target"] == 0).sum())
     if "self_made" in threshold:
         notes.append(self_made_note(threshold))
+    if threshold.get("max_real_fpr") is not None:  # also when the config file, not --set, names the cap
+        notes.append(threshold_note(threshold))
     notes.append(calls_note(plan.run_dir / "submission.csv", plan.dataset / "test_solution.csv"))
     notes.append(shift_note(json.loads((plan.run_dir / "predict.json").read_text()).get("score_shift"), "test"))
 
@@ -735,6 +737,16 @@ def calls_note(submission: Path, solution: Path) -> str:
     caught = f", fakes called fake {called[fake].mean():.0%}, reals called fake {called[~fake].mean():.0%}" \
         if fake.any() and (~fake).any() else ""
     return f"test calls at the OOF threshold: {called.mean():.0%} fake (true {fake.mean():.0%}){caught}"
+
+
+def threshold_note(threshold: dict[str, Any]) -> str:
+    """The row's note on a capped threshold (threshold.json ``max_real_fpr``): the row's command may not
+    show the cap when the config file sets it, and whether it acted changes what the calls mean."""
+    cap, f1, chosen = threshold["max_real_fpr"], threshold["threshold_f1"], threshold["threshold"]
+    acted = f"lowered F1's {f1:.4f} to {chosen:.4f}" if chosen < f1 else f"left F1's {f1:.4f} (it already calls more)"
+    share = threshold.get("oof_real_fpr")
+    called = f", {share:.1%} of the OOF reals called fake" if share is not None else ""
+    return f"threshold capped at finetune.max_real_fpr {cap:g}: {acted}{called}"
 
 
 def shift_note(shift: dict[str, Any] | None, what: str) -> str:

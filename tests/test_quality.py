@@ -283,3 +283,15 @@ def test_the_shift_note_says_when_the_verdict_is_the_fold_models_median() -> Non
     older = {k: v for k, v in one.items() if not k.startswith("folds")}  # predict.json of earlier runs
     assert quality.shift_note(older, "test") == quality.shift_note(one, "test")
     assert quality.shift_note(None, "test") == "test score-shift check: too few items"
+
+
+def test_the_threshold_note_says_the_cap_and_whether_it_acted() -> None:
+    """configs/audio.yaml sets finetune.max_real_fpr itself, so the row's command does not show it: the
+    note does, with whether the cap moved F1's threshold."""
+    quality = load_quality()
+    lowered = {"max_real_fpr": 0.05, "threshold_f1": 0.62, "threshold": 0.41, "oof_real_fpr": 0.05}
+    assert quality.threshold_note(lowered) == ("threshold capped at finetune.max_real_fpr 0.05: lowered F1's "
+                                               "0.6200 to 0.4100, 5.0% of the OOF reals called fake")
+    left = {"max_real_fpr": 0.05, "threshold_f1": 0.30, "threshold": 0.30, "oof_real_fpr": 0.094}
+    assert quality.threshold_note(left) == ("threshold capped at finetune.max_real_fpr 0.05: left F1's 0.3000 "
+                                            "(it already calls more), 9.4% of the OOF reals called fake")
