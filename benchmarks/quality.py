@@ -326,7 +326,7 @@ def predict_cross(plan: Plan) -> dict[str, float]:
     scores: dict[str, Any] = score_files(out / "submission.csv", plan.cross / "test_solution.csv", out / "test_probs.csv")
     scores["unaligned"] = float(missing)
     called = submission.set_index("Id").loc[list(prob), "target_feature"]
-    shift = check_score_shift(sigmoid(by_fold), paths.oof_csv, float(called.mean()), "cross")
+    shift = check_score_shift(sigmoid(by_fold), paths.oof_csv, float(called.mean()), "cross", folds)
     scores["score_shift"] = shift.as_dict() if shift else None
     return scores
 

@@ -84,7 +84,7 @@ def run_predict(cfg: Config, runtime: Runtime, paths: RunPaths, force: bool = Fa
     submission = write_submission(probs, threshold, test_ids, paths.submission_csv)
     agreement = fold_agreement(per_fold, threshold)
     fake_share = float(submission["target_feature"].mean())
-    shift = check_score_shift(sigmoid(per_fold), paths.oof_csv, fake_share, "predict")  # each fold model alone
+    shift = check_score_shift(sigmoid(per_fold), paths.oof_csv, fake_share, "predict", folds)  # each model alone
     atomic_write_text(paths.root / "predict.json", json.dumps(
         {"threshold": threshold, "folds": folds, **agreement, "score_shift": shift.as_dict() if shift else None},
         indent=2))

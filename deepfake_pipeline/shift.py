@@ -18,12 +18,21 @@ than the OOF scores of the same kind of items. Checked on the ensemble, a test s
 training data can sit off every mix by more than sampling explains (``tests/test_shift.py``: by 0.08
 of KS distance where the folds disagree a lot); where only the ensemble's scores exist (safe
 inference), the check runs on them and leans that way.
+
+For the same reason each fold model's test scores are compared with that fold's own OOF scores (the
+ones that model made), not with all folds' pooled: fold models differ in how far they push confident
+scores towards 0 and 1, and a near-perfect detector's scores are nearly all in those tails. On
+lfw_swap (test AUC 0.998, calls exact) the pooled reference flagged 4 of 5 fold models (KS 0.10-0.25
+against 0.09 by chance, best mixes 35-70% fake); each fold's own reference flagged none (0.04-0.09
+against 0.12, best mixes 50-54%, true 50%). A fold with too few OOF items of a class falls back to
+the pooled reference.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -79,13 +88,26 @@ def score_shift(test: np.ndarray, oof_real: np.ndarray, oof_fake: np.ndarray, al
     return ScoreShift(len(test), share, distance, expected, shifted, folds=1, folds_shifted=int(shifted))
 
 
+Reference = tuple[np.ndarray, np.ndarray]  # OOF probabilities of the real items, of the fake items
+
+
 def fold_score_shift(test_by_fold: np.ndarray, oof_real: np.ndarray, oof_fake: np.ndarray,
-                     alpha: float = 0.001) -> ScoreShift | None:
+                     alpha: float = 0.001, own: Sequence[Reference | None] | None = None) -> ScoreShift | None:
     """:func:`score_shift` of each fold model's own scores (the rows of ``test_by_fold``), as one
     verdict: shifted when more than half of the folds are, reported with the figures of the median
     fold (ranked by distance over its own bound; the lower median, so that the figures and the verdict
-    agree for an even number of folds too)."""
-    results = [score_shift(row, oof_real, oof_fake, alpha) for row in np.atleast_2d(test_by_fold)]
+    agree for an even number of folds too).
+
+    ``own``: one reference per row, the OOF scores that fold model made; a row without one, or whose
+    own reference is too small for a verdict, is compared with the pooled ``oof_real`` / ``oof_fake``."""
+    rows = np.atleast_2d(test_by_fold)
+    refs = list(own) if own is not None else [None] * len(rows)
+    if len(refs) != len(rows):
+        raise ValueError(f"fold_score_shift: {len(rows)} fold rows but {len(refs)} own references")
+    results = []
+    for row, ref in zip(rows, refs):
+        mine = score_shift(row, *ref, alpha) if ref is not None else None
+        results.append(mine if mine is not None else score_shift(row, oof_real, oof_fake, alpha))
     if not results or any(r is None for r in results):
         return None
     ranked = sorted(results, key=lambda r: r.distance / max(r.expected, MIN_DISTANCE))
@@ -94,26 +116,36 @@ def fold_score_shift(test_by_fold: np.ndarray, oof_real: np.ndarray, oof_fake: n
                    folds_shifted=n_shifted)
 
 
-def oof_reference(oof: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def oof_reference(oof: pd.DataFrame, fold: int | None = None) -> Reference:
     """The OOF probabilities of the real and fake items the threshold was chosen on
-    (``trained.reference_mask``: the dataset's own items, self-made fakes left out)."""
+    (``trained.reference_mask``: the dataset's own items, self-made fakes left out); ``fold``: only
+    those fold ``fold``'s model made (none where ``oof`` has no ``fold`` column)."""
     from .trained import reference_mask  # torch-free callers (tests) keep this module light
 
     rows = oof[reference_mask(oof)]
+    if fold is not None:
+        rows = rows[rows["fold"] == fold] if "fold" in rows.columns else rows.iloc[:0]
     return rows.loc[rows["target"] == 0, "prob"].to_numpy(), rows.loc[rows["target"] == 1, "prob"].to_numpy()
 
 
-def check_score_shift(test_probs: np.ndarray, oof_csv: Path, called_share: float, what: str) -> ScoreShift | None:
+def check_score_shift(test_probs: np.ndarray, oof_csv: Path, called_share: float, what: str,
+                      folds: Sequence[int] | None = None) -> ScoreShift | None:
     """The score-shift check against a run's ``oof.csv``, with a warning when the test set is shifted.
 
     ``test_probs``: the calibrated probabilities of one model or ensemble (1-D), or each fold model's
-    own, one row per fold (2-D: :func:`fold_score_shift`, the like-for-like comparison). None without an
+    own, one row per fold (2-D: :func:`fold_score_shift`, the like-for-like comparison); ``folds``: the
+    fold number of each row, whose own OOF scores it is then compared with. None without an
     ``oof.csv`` (a run whose folds were never pooled) or with too few items."""
     if not oof_csv.is_file():
         return None
-    reference = oof_reference(pd.read_csv(oof_csv, dtype={"Id": str}, keep_default_na=False))
+    oof = pd.read_csv(oof_csv, dtype={"Id": str}, keep_default_na=False)
+    reference = oof_reference(oof)
     test_probs = np.asarray(test_probs, dtype=float)
-    result = fold_score_shift(test_probs, *reference) if test_probs.ndim == 2 else score_shift(test_probs, *reference)
+    if test_probs.ndim == 2:
+        own = [oof_reference(oof, k) for k in folds] if folds is not None else None
+        result = fold_score_shift(test_probs, *reference, own=own)
+    else:
+        result = score_shift(test_probs, *reference)
     if result is not None and result.shifted:
         folds = f"; {result.folds_shifted} of {result.folds} fold models" if result.folds > 1 else ""
         log.warning("%s: these scores match no mix of the out-of-fold real and fake scores (KS distance %.2f at "

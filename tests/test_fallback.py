@@ -303,16 +303,19 @@ def test_unanswerable_inputs_get_one_label_from_predict_and_safe_inference(tiny_
 def test_predict_checks_each_fold_models_scores_for_a_shift(tiny_run: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """The score-shift check gets one row of calibrated probabilities per fold model (single models,
-    as the OOF scores are), not the ensemble's mean; the rows are the ones the ensemble averages."""
+    as the OOF scores are), not the ensemble's mean; the rows are the ones the ensemble averages, and
+    each row's fold number comes with it (compared with the OOF scores that fold's model made)."""
     from deepfake_pipeline import predict
 
     run, overrides = workspace(tiny_run, tmp_path)
     seen: list[np.ndarray] = []
+    row_folds: list[list[int]] = []
     check = predict.check_score_shift
     monkeypatch.setattr(predict, "check_score_shift", lambda probs, *rest: seen.append(np.asarray(probs))
-                        or check(probs, *rest))
+                        or row_folds.append(list(rest[3])) or check(probs, *rest))
     predict.run_predict(load_run_config(run, overrides), inference_runtime("cpu"), RunPaths(run))
     (by_fold,) = seen
+    assert row_folds == [[0, 1]]
     probs = pd.read_csv(RunPaths(run).test_probs_csv, dtype={"Id": str})["prob"].to_numpy()
     assert by_fold.shape == (2, len(probs))
     mean = sigmoid(np.log(by_fold / (1 - by_fold)).mean(axis=0))

@@ -141,3 +141,64 @@ def test_the_check_takes_one_row_per_fold_and_says_how_many_are_off(tmp_path: Pa
         result = check_score_shift(off, tmp_path / "oof.csv", 0.5, "predict")
     assert result is not None and result.shifted and result.as_dict()["folds"] == 3
     assert "3 of 3 fold models" in caplog.text
+
+
+SLOPES = (0.5, 0.8, 1.0, 1.4, 2.0)  # how far each fold model pushes its confident scores (its Platt slope)
+
+
+def near_perfect_folds(rng: np.random.Generator, n_oof: int, n_test: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """A near-perfect detector's ``oof.csv`` (each fold model scoring its own validation items) and
+    each fold model's scores of one test set drawn like the training data (half fake), one row per fold."""
+
+    def probs(slope: float, signal: np.ndarray) -> np.ndarray:
+        return 1 / (1 + np.exp(-slope * signal))
+
+    def signal(n: int) -> tuple[np.ndarray, np.ndarray]:
+        target = np.arange(n) % 2
+        return target, np.where(target == 1, 6.0, -6.0) + rng.normal(0.0, 1.5, n)
+
+    parts, test_rows = [], []
+    test_target, test_signal = signal(n_test)
+    for k, slope in enumerate(SLOPES):
+        target, own = signal(n_oof)
+        parts.append(pd.DataFrame({"Id": [f"f{k}-{i}" for i in range(n_oof)], "fold": k, "target": target,
+                                   "prob": probs(slope, own)}))
+        test_rows.append(probs(slope, test_signal))
+    return pd.concat(parts, ignore_index=True), np.stack(test_rows)
+
+
+def test_each_fold_model_is_compared_with_the_oof_scores_it_made(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """Fold models differ in how far they push confident scores to 0 and 1. A near-perfect detector's
+    scores sit nearly all in those tails, so one fold model's test scores against all folds' pooled
+    OOF scores look shifted though the test set is drawn like the training data (the lfw_swap run:
+    4 of 5 folds flagged, calls exact). Against its own fold's OOF scores each fits, at the true share;
+    a test set that is really off is still flagged."""
+    rng = np.random.default_rng(7)
+    oof, by_fold = near_perfect_folds(rng, 400, 600)
+    oof.to_csv(tmp_path / "oof.csv", index=False)
+    pooled = check_score_shift(by_fold, tmp_path / "oof.csv", 0.5, "predict")
+    assert pooled is not None and pooled.shifted  # the false alarm this guards against
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="deepfake_pipeline.shift"):
+        own = check_score_shift(by_fold, tmp_path / "oof.csv", 0.5, "predict", folds=range(5))
+    assert own is not None and not own.shifted and own.folds_shifted == 0
+    assert own.share == pytest.approx(0.5, abs=0.06)
+    assert not caplog.records
+    off = np.stack([rng.uniform(0.3, 0.7, 600) for _ in SLOPES])
+    still = check_score_shift(off, tmp_path / "oof.csv", 0.5, "predict", folds=range(5))
+    assert still is not None and still.shifted and still.folds_shifted == 5
+
+
+def test_a_fold_without_enough_oof_items_of_its_own_is_compared_with_the_pooled_ones() -> None:
+    rng = np.random.default_rng(8)
+    real, fake = scores(rng, 300, False), scores(rng, 300, True)
+    fits = np.concatenate([scores(rng, 200, False), scores(rng, 200, True)])
+    off = rng.uniform(0.3, 0.7, 400)
+    tiny = (scores(rng, 5, False), scores(rng, 5, True))  # too few for a verdict of its own
+    result = fold_score_shift(np.stack([fits, off]), real, fake, own=[tiny, None])
+    pooled = [score_shift(row, real, fake) for row in (fits, off)]
+    assert result is not None and result.folds == 2 and result.folds_shifted == 1
+    assert result.distance == pytest.approx(pooled[0].distance)
+    with pytest.raises(ValueError, match="2 fold rows but 1 own references"):
+        fold_score_shift(np.stack([fits, off]), real, fake, own=[tiny])
