@@ -147,10 +147,10 @@ def check_score_shift(test_probs: np.ndarray, oof_csv: Path, called_share: float
     else:
         result = score_shift(test_probs, *reference)
     if result is not None and result.shifted:
-        folds = f"; {result.folds_shifted} of {result.folds} fold models" if result.folds > 1 else ""
+        counted = f"; {result.folds_shifted} of {result.folds} fold models" if result.folds > 1 else ""
         log.warning("%s: these scores match no mix of the out-of-fold real and fake scores (KS distance %.2f at "
                     "best, %.2f by chance%s): the inputs are unlike the training data (another source or "
                     "generator?), so the calls at the OOF threshold (%.1f%% fake) may be far off the true share, "
-                    "either way; the best mix has %.0f%% fake", what, result.distance, result.expected, folds,
+                    "either way; the best mix has %.0f%% fake", what, result.distance, result.expected, counted,
                     100 * called_share, 100 * result.share)
     return result
