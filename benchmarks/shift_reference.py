@@ -29,6 +29,7 @@ from deepfake_pipeline.trained import (  # noqa: E402
     finished_folds,
     inference_runtime,
     load_run_config,
+    read_threshold,
     sigmoid,
 )
 
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_run_config(args.run)
     paths = RunPaths(args.run)
+    if not paths.oof_csv.is_file():
+        parser.error(f"{paths.oof_csv} is missing: the run's folds were never pooled (finish its finetune stage)")
     folds = finished_folds(paths, cfg.finetune.folds)
     runtime = inference_runtime(cfg.run.device, cfg.run.amp, cfg.run.channels_last)
     faces = usable_faces(pd.read_csv(args.faces, dtype={"Id": str}, keep_default_na=False), "test")
@@ -50,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         truth = pd.read_csv(args.solution, dtype={"Id": str}).set_index("Id")["target_feature"]
         print(f"{len(ids)} items, true fake share {truth.reindex(ids).mean():.3f}")
     probs = sigmoid(by_fold)
+    called = float((sigmoid(by_fold.mean(axis=0)) >= read_threshold(paths)).mean())  # as predict calls them
     for name, rows in (("pooled OOF", None), ("own fold's OOF", folds)):
-        result = check_score_shift(probs, paths.oof_csv, float("nan"), name, folds=rows)
+        result = check_score_shift(probs, paths.oof_csv, called, name, folds=rows)
         print(f"{name}: {result.as_dict() if result else 'no verdict (too few items)'}")
     return 0
 

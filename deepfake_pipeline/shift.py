@@ -19,13 +19,13 @@ training data can sit off every mix by more than sampling explains (``tests/test
 of KS distance where the folds disagree a lot); where only the ensemble's scores exist (safe
 inference), the check runs on them and leans that way.
 
-For the same reason each fold model's test scores are compared with that fold's own OOF scores (the
-ones that model made), not with all folds' pooled: fold models differ in how far they push confident
+Each fold model's test scores are also compared with that fold's own OOF scores (the ones that
+model made), not with all folds' pooled: fold models differ in how far they push confident
 scores towards 0 and 1, and a near-perfect detector's scores are nearly all in those tails. On
 lfw_swap (test AUC 0.998, calls exact) the pooled reference flagged 4 of 5 fold models (KS 0.10-0.25
 against 0.09 by chance, best mixes 35-70% fake); each fold's own reference flagged none (0.04-0.09
 against 0.12, best mixes 50-54%, true 50%). A fold with too few OOF items of a class falls back to
-the pooled reference.
+the pooled reference; ``own_reference`` counts the folds that had their own.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ class ScoreShift:
     shifted: bool
     folds: int = 1  # > 1: the median fold model's figures (by distance); shifted when most folds are
     folds_shifted: int = 0
+    own_reference: int = 0  # folds checked against their own OOF scores (the rest: all folds' pooled)
 
     def as_dict(self) -> dict[str, object]:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -104,15 +105,17 @@ def fold_score_shift(test_by_fold: np.ndarray, oof_real: np.ndarray, oof_fake: n
     refs = list(own) if own is not None else [None] * len(rows)
     if len(refs) != len(rows):
         raise ValueError(f"fold_score_shift: {len(rows)} fold rows but {len(refs)} own references")
-    results = []
+    results, n_own = [], 0
     for row, ref in zip(rows, refs):
         mine = score_shift(row, *ref, alpha) if ref is not None else None
+        n_own += mine is not None
         results.append(mine if mine is not None else score_shift(row, oof_real, oof_fake, alpha))
     if not results or any(r is None for r in results):
         return None
     ranked = sorted(results, key=lambda r: r.distance / max(r.expected, MIN_DISTANCE))
     n_shifted = sum(r.shifted for r in results)
     return replace(ranked[(len(ranked) - 1) // 2], shifted=2 * n_shifted > len(results), folds=len(results),
+                   own_reference=n_own,
                    folds_shifted=n_shifted)
 
 
@@ -134,7 +137,7 @@ def check_score_shift(test_probs: np.ndarray, oof_csv: Path, called_share: float
 
     ``test_probs``: the calibrated probabilities of one model or ensemble (1-D), or each fold model's
     own, one row per fold (2-D: :func:`fold_score_shift`, the like-for-like comparison); ``folds``: the
-    fold number of each row, whose own OOF scores it is then compared with. None without an
+    fold number of each row, whose own OOF scores it is then compared with (1-D scores: ignored). None without an
     ``oof.csv`` (a run whose folds were never pooled) or with too few items."""
     if not oof_csv.is_file():
         return None
@@ -143,6 +146,10 @@ def check_score_shift(test_probs: np.ndarray, oof_csv: Path, called_share: float
     test_probs = np.asarray(test_probs, dtype=float)
     if test_probs.ndim == 2:
         own = [oof_reference(oof, k) for k in folds] if folds is not None else None
+        if own is not None and len(own) != len(test_probs):  # never abort a predict over its warning
+            log.warning("%s: %d fold numbers for %d rows of scores; checking against all folds' OOF scores",
+                        what, len(own), len(test_probs))
+            own = None
         result = fold_score_shift(test_probs, *reference, own=own)
     else:
         result = score_shift(test_probs, *reference)

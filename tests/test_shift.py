@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -178,16 +179,20 @@ def test_each_fold_model_is_compared_with_the_oof_scores_it_made(tmp_path: Path,
     oof, by_fold = near_perfect_folds(rng, 400, 600)
     oof.to_csv(tmp_path / "oof.csv", index=False)
     pooled = check_score_shift(by_fold, tmp_path / "oof.csv", 0.5, "predict")
-    assert pooled is not None and pooled.shifted  # the false alarm this guards against
+    assert pooled is not None and pooled.shifted and pooled.own_reference == 0  # the false alarm guarded against
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="deepfake_pipeline.shift"):
         own = check_score_shift(by_fold, tmp_path / "oof.csv", 0.5, "predict", folds=range(5))
-    assert own is not None and not own.shifted and own.folds_shifted == 0
+    assert own is not None and not own.shifted and own.folds_shifted == 0 and own.own_reference == 5
     assert own.share == pytest.approx(0.5, abs=0.06)
     assert not caplog.records
     off = np.stack([rng.uniform(0.3, 0.7, 600) for _ in SLOPES])
     still = check_score_shift(off, tmp_path / "oof.csv", 0.5, "predict", folds=range(5))
     assert still is not None and still.shifted and still.folds_shifted == 5
+    # Fold numbers that do not match the rows: a warning and the pooled reference, never an abort.
+    with caplog.at_level(logging.WARNING, logger="deepfake_pipeline.shift"):
+        mismatched = check_score_shift(by_fold, tmp_path / "oof.csv", 0.5, "predict", folds=range(3))
+    assert mismatched == pooled and "3 fold numbers for 5 rows" in caplog.text
 
 
 def test_a_fold_without_enough_oof_items_of_its_own_is_compared_with_the_pooled_ones() -> None:
@@ -198,7 +203,10 @@ def test_a_fold_without_enough_oof_items_of_its_own_is_compared_with_the_pooled_
     tiny = (scores(rng, 5, False), scores(rng, 5, True))  # too few for a verdict of its own
     result = fold_score_shift(np.stack([fits, off]), real, fake, own=[tiny, None])
     pooled = [score_shift(row, real, fake) for row in (fits, off)]
-    assert result is not None and result.folds == 2 and result.folds_shifted == 1
+    assert result is not None and result.folds == 2 and result.folds_shifted == 1 and result.own_reference == 0
     assert result.distance == pytest.approx(pooled[0].distance)
+    # A fold with a reference of its own is checked against it alone.
+    own = (scores(rng, 300, False), scores(rng, 300, True))
+    assert fold_score_shift(fits[None, :], real, fake, own=[own]) == replace(score_shift(fits, *own), own_reference=1)
     with pytest.raises(ValueError, match="2 fold rows but 1 own references"):
         fold_score_shift(np.stack([fits, off]), real, fake, own=[tiny])
