@@ -67,7 +67,7 @@ class SpeakerEncoder:
     """The wheel's encoder, loaded by name and shape (every tensor, or an error naming what is missing)."""
 
     def __init__(self, weights: Path) -> None:
-        state = torch.load(weights, map_location="cpu")
+        state = torch.load(weights, map_location="cpu", weights_only=True)  # tensors only: never unpickle code
         state = state.get("model_state", state)
         self.lstm = torch.nn.LSTM(N_MELS, 256, 3, batch_first=True).eval()
         self.linear = torch.nn.Linear(256, 256).eval()
