@@ -215,6 +215,9 @@ class FinetuneConfig:
     ema_decay: float = 0.999
     select_metric: str = "val_auc"  # val_auc | val_f1 | val_logloss | val_acc
     group_column: str | None = None  # StratifiedGroupKFold on this labels-CSV column
+    # Each group's training rows side by side in the epoch's order, so they share a batch: a real face
+    # and the fakes made from its video are told apart in one step. Needs group_column.
+    group_batches: bool = False
     # BatchNorm layers keep their pretrained running statistics (eval mode) while training: batches
     # of 16-32 on a CPU give noisy statistics. No effect on ConvNeXt (LayerNorm only).
     freeze_bn: bool = False
@@ -419,6 +422,8 @@ def _check_values(cfg: Config) -> None:
     problems += _freeze_problems(cfg)
     if cfg.finetune.folds < 2:
         problems.append("finetune.folds: at least 2 folds are needed")
+    if cfg.finetune.group_batches and not cfg.finetune.group_column:
+        problems.append("finetune.group_batches: needs finetune.group_column (the groups to keep together)")
     if cfg.finetune.max_real_fpr is not None and not 0.0 <= cfg.finetune.max_real_fpr < 1.0:
         problems.append("finetune.max_real_fpr: must be in [0, 1), or null for the F1 threshold alone")
     if cfg.finetune.select_metric not in ("val_auc", "val_f1", "val_logloss", "val_acc"):

@@ -19,12 +19,13 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -97,14 +98,20 @@ class EpochBatches(Sampler[list[tuple[int, int]]]):
     Each key is ``(index, epoch)``: loader-side augmentation (``dataset.JpegReencode``) draws from it.
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, runtime: Runtime, seed: int, shuffle: bool = True):
+    def __init__(self, dataset: Dataset, batch_size: int, runtime: Runtime, seed: int, shuffle: bool = True,
+                 groups: Sequence[str] | None = None):
         self.sampler = DistributedSampler(
             dataset, num_replicas=runtime.world_size, rank=runtime.rank, shuffle=shuffle, seed=seed, drop_last=False
         )
         self.batch_size = batch_size
-        per_rank = len(self.sampler)
-        # Full batches only (constant step size), unless the data is smaller than one batch.
-        self.num_batches = max(1, per_rank // batch_size)
+        self.groups = None if groups is None else np.asarray(groups)
+        if self.groups is not None and len(self.groups) != len(dataset):  # type: ignore[arg-type]
+            raise ValueError(f"groups: {len(self.groups)} labels for {len(dataset)} items")  # type: ignore[arg-type]
+        self.seed, self.rank, self.world = seed, runtime.rank, runtime.world_size
+        # Full batches only (constant step size), unless the data is smaller than one batch; with groups
+        # the same count on every rank (DDP steps together).
+        per_rank = len(self.sampler) // batch_size if groups is None else len(dataset) // batch_size // self.world  # type: ignore[arg-type]
+        self.num_batches = max(1, per_rank)
         self.epoch = 0
         self.skip = 0
 
@@ -115,10 +122,31 @@ class EpochBatches(Sampler[list[tuple[int, int]]]):
     def __len__(self) -> int:
         return self.num_batches - self.skip
 
+    def rank_order(self) -> list[int]:
+        """This rank's items of the epoch, in order: the sampler's permutation, or with ``groups`` the
+        grouped order with whole batches dealt out to the ranks in turn (a batch is never split)."""
+        if self.groups is None:
+            return list(self.sampler)
+        order = grouped_order(self.groups, derive_seed(self.seed, "groups", self.epoch))
+        size = self.batch_size
+        batches = [order[b * size : (b + 1) * size] for b in range(len(order) // size)] or [order]
+        return [i for b in batches[self.rank :: self.world] for i in b]
+
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        order = list(self.sampler)
+        order = self.rank_order()
         for b in range(self.skip, self.num_batches):
             yield [(i, self.epoch) for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
+
+
+def grouped_order(groups: np.ndarray, seed: int) -> list[int]:
+    """Every index once, each group's members next to each other (so they share a batch unless a batch
+    ends between them): the groups in a seeded random order, their members shuffled within."""
+    rng = np.random.default_rng(seed)
+    labels, members = np.unique(groups, return_inverse=True)
+    by_group: list[list[int]] = [[] for _ in labels]
+    for i in rng.permutation(len(groups)):
+        by_group[members[i]].append(int(i))
+    return [i for g in rng.permutation(len(labels)) for i in by_group[g]]
 
 
 def make_loader(
@@ -170,6 +198,7 @@ class LoopSpec:
     compile_backend: str = "inductor"
     progress: bool = True
     select_metric: str | None = None  # e.g. "val_auc"; None: no best-epoch tracking
+    groups: Sequence[str] | None = None  # per dataset item: keep each group's items together (grouped_order)
     extra_state: dict[str, Any] = field(default_factory=dict)
 
 
@@ -224,7 +253,7 @@ class TrainLoop:
 
         opt = spec.optim
         self.accum = max(1, opt.accum_steps)
-        self.batches = EpochBatches(dataset, spec.batch_size, runtime, spec.seed)
+        self.batches = EpochBatches(dataset, spec.batch_size, runtime, spec.seed, groups=spec.groups)
         self.loader = make_loader(dataset, self.batches, runtime, spec.workers, derive_seed(spec.seed, "loader"))
         micro = self.batches.num_batches
         self.steps_per_epoch = math.ceil(micro / self.accum)

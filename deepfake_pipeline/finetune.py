@@ -273,6 +273,16 @@ def classification_loss(smoothing: float) -> ComputeLoss:
     return compute_loss
 
 
+def _batch_groups(cfg: Config, train_rows: pd.DataFrame) -> list[str] | None:
+    """Each training row's group for ``finetune.group_batches`` (pseudo-labelled rows: one group each)."""
+    if not cfg.finetune.group_batches:
+        return None
+    if "group" not in train_rows.columns:
+        raise PipelineError("finetune.group_batches needs finetune.group_column: the labels have no groups")
+    own = "row:" + train_rows["Id"].astype(str) + ":" + train_rows.index.astype(str)
+    return train_rows["group"].astype(str).where(train_rows["group"].notna(), own).tolist()
+
+
 def fold_hash(cfg: Config, k: int, fingerprint: str, folds: pd.DataFrame, init_id: str) -> str:
     return stage_hash(
         cfg, ["model", "finetune"],
@@ -344,6 +354,7 @@ def train_fold(
         workers=cfg.run.workers, save_every=cfg.finetune.save_every,
         ema_decay=cfg.finetune.ema_decay if cfg.finetune.ema else None, compile=cfg.run.compile, compile_backend=cfg.run.compile_backend,
         progress=cfg.run.progress, select_metric=cfg.finetune.select_metric,
+        groups=_batch_groups(cfg, train_rows),
     )
     n_pseudo = int(train_rows["is_pseudo"].sum())
     log.info("fold %d (of %d): train %d (%d pseudo), val %d, %s", k, cfg.finetune.folds, len(train_rows), n_pseudo,
