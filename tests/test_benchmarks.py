@@ -332,3 +332,31 @@ def test_speaker_encoder_mel_bank_is_librosas() -> None:
     assert np.allclose(bank[[0, 10, 39]].sum(axis=1), [0.02480904, 0.02480904, 0.02497876], atol=1e-7)
     assert list(bank.argmax(axis=1)[[0, 10, 20, 39]]) == [2, 20, 44, 185]
     assert abs(bank[10].max() - 0.01187948975712061) < 1e-8 and abs(bank[0, 1] - 0.007390209473669529) < 1e-8
+
+
+def test_paired_val_auc_resamples_groups_and_finds_the_better_run(tmp_path: Path) -> None:
+    """Run B's logits carry the target more strongly than A's on the same 200 rows in 100 pairs."""
+    import numpy as np
+    import pandas as pd
+
+    from benchmarks.paired_val_auc import paired_difference, paired_rows
+
+    rng = np.random.default_rng(0)
+    ids, target = [f"i{i}" for i in range(200)], np.arange(200) % 2
+    noise = rng.normal(size=200)
+    for name, weight in (("a", 0.5), ("b", 1.5), ("same", 0.5)):
+        (tmp_path / name / "fold0").mkdir(parents=True)
+        pd.DataFrame({"Id": ids, "target": target, "logit": weight * target + noise}).to_csv(
+            tmp_path / name / "fold0" / "val_preds.csv", index=False)
+    pd.DataFrame({"Id": ids, "target": target, "fold": 0, "group": [f"v{i // 2}" for i in range(200)]}).to_csv(
+        tmp_path / "a" / "folds.csv", index=False)
+    rows = paired_rows(tmp_path / "a", tmp_path / "b", 0)
+    assert rows["group"].nunique() == 100 and len(rows) == 200
+    better = paired_difference(rows, resamples=200)
+    assert better["diff"] > 0.1 and better["share_above_0"] == 1.0 and 0.0 < better["se"] < better["diff"] / 3
+    same = paired_difference(paired_rows(tmp_path / "a", tmp_path / "same", 0), resamples=50)
+    assert same["diff"] == 0.0 and same["se"] == 0.0
+    pd.read_csv(tmp_path / "b" / "fold0" / "val_preds.csv").iloc[:150].to_csv(
+        tmp_path / "b" / "fold0" / "val_preds.csv", index=False)
+    with pytest.raises(ValueError, match="same rows"):
+        paired_rows(tmp_path / "a", tmp_path / "b", 0)
