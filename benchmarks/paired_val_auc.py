@@ -21,18 +21,31 @@ from sklearn.metrics import roc_auc_score
 
 def paired_rows(run_a: Path, run_b: Path, fold: int) -> pd.DataFrame:
     """The fold's validation rows scored by both runs: target, logit_a, logit_b, group."""
-    a, b = (pd.read_csv(run / f"fold{fold}" / "val_preds.csv", dtype={"Id": str}) for run in (run_a, run_b))
-    rows = a[["Id", "target", "logit"]].merge(b[["Id", "target", "logit"]], on="Id", suffixes=("_a", "_b"))
+    def scored(run: Path) -> pd.DataFrame:
+        preds = pd.read_csv(run / f"fold{fold}" / "val_preds.csv", dtype={"Id": str}, keep_default_na=False)
+        if "made_by" in preds.columns:  # as the pipeline's val_auc: real items only, no self-made fakes
+            preds = preds[preds["made_by"] == ""]
+        return preds[["Id", "target", "logit"]]
+
+    a, b = scored(run_a), scored(run_b)
+    rows = a.merge(b, on="Id", suffixes=("_a", "_b"))
     if len(rows) != len(a) or len(rows) != len(b) or (rows["target_a"] != rows["target_b"]).any():
         raise ValueError(f"fold {fold}: the two runs did not validate on the same rows with the same labels")
-    folds = pd.read_csv(run_a / "folds.csv", dtype={"Id": str})
-    groups = folds.set_index("Id")["group"] if "group" in folds.columns else None
-    rows["group"] = rows["Id"].map(groups).fillna(rows["Id"]) if groups is not None else rows["Id"]
+    folds = pd.read_csv(run_a / "folds.csv", dtype={"Id": str, "group": str}, keep_default_na=False)
+    rows["group"] = rows["Id"]
+    if "group" in folds.columns:  # labelled rows only: a pseudo-labelled Id may repeat across folds
+        groups = folds[folds["is_pseudo"] == 0].set_index("Id")["group"] if "is_pseudo" in folds else (
+            folds.set_index("Id")["group"])
+        named = rows["Id"].map(groups).fillna("")
+        rows["group"] = rows["group"].where(named == "", "group:" + named)
     return rows.rename(columns={"target_a": "target"}).drop(columns="target_b")
 
 
 def paired_difference(rows: pd.DataFrame, resamples: int = 1000, seed: int = 0) -> dict[str, float]:
-    """AUC of each run, B - A, the group-bootstrap SE of B - A and the share of resamples where B > A."""
+    """AUC of each run, B - A, the group-bootstrap SE of B - A and the share of resamples where B > A.
+
+    The SE is validation-sample noise only: training the same setting again with another ``run.seed``
+    moves a fold's AUC too (compare A with A at another seed for that floor)."""
     y = rows["target"].to_numpy()
     a, b = rows["logit_a"].to_numpy(), rows["logit_b"].to_numpy()
     codes, _ = pd.factorize(rows["group"])
@@ -44,6 +57,8 @@ def paired_difference(rows: pd.DataFrame, resamples: int = 1000, seed: int = 0) 
         if len(np.unique(y[pick])) == 2:
             diffs.append(roc_auc_score(y[pick], b[pick]) - roc_auc_score(y[pick], a[pick]))
     d = np.asarray(diffs)
+    if len(d) < max(2, resamples // 2):
+        raise ValueError(f"only {len(d)} of {resamples} resamples held both classes: too few groups to bootstrap")
     auc_a, auc_b = roc_auc_score(y, a), roc_auc_score(y, b)
     return {"auc_a": auc_a, "auc_b": auc_b, "diff": auc_b - auc_a, "se": float(d.std(ddof=1)),
             "share_above_0": float((d > 0).mean()), "groups": len(members), "rows": len(rows)}

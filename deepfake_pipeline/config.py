@@ -216,7 +216,8 @@ class FinetuneConfig:
     select_metric: str = "val_auc"  # val_auc | val_f1 | val_logloss | val_acc
     group_column: str | None = None  # StratifiedGroupKFold on this labels-CSV column
     # Each group's training rows side by side in the epoch's order, so they share a batch: a real face
-    # and the fakes made from its video are told apart in one step. Needs group_column.
+    # and the fakes made from its video are told apart in one step. Needs group_column; meant for small
+    # groups (a video's few faces): a group of hundreds (a speaker) would fill whole batches alone.
     group_batches: bool = False
     # BatchNorm layers keep their pretrained running statistics (eval mode) while training: batches
     # of 16-32 on a CPU give noisy statistics. No effect on ConvNeXt (LayerNorm only).

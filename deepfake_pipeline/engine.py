@@ -130,6 +130,8 @@ class EpochBatches(Sampler[list[tuple[int, int]]]):
         order = grouped_order(self.groups, derive_seed(self.seed, "groups", self.epoch))
         size = self.batch_size
         batches = [order[b * size : (b + 1) * size] for b in range(len(order) // size)] or [order]
+        if len(batches) < self.world:  # fewer batches than ranks: repeat them (DistributedSampler pads too)
+            batches = (batches * self.world)[: self.world]
         return [i for b in batches[self.rank :: self.world] for i in b]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:

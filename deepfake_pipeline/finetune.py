@@ -279,8 +279,11 @@ def _batch_groups(cfg: Config, train_rows: pd.DataFrame) -> list[str] | None:
         return None
     if "group" not in train_rows.columns:
         raise PipelineError("finetune.group_batches needs finetune.group_column: the labels have no groups")
-    own = "row:" + train_rows["Id"].astype(str) + ":" + train_rows.index.astype(str)
-    return train_rows["group"].astype(str).where(train_rows["group"].notna(), own).tolist()
+    groups = train_rows["group"].fillna("").astype(str)
+    # No group (pseudo-labelled rows: NaN when the folds are new, "" once folds.csv is read back; a blank
+    # cell in the labels): each row alone, never one block of all of them.
+    own = "row:" + train_rows["Id"].astype(str) + ":" + pd.Series(range(len(train_rows)), index=train_rows.index).astype(str)
+    return groups.where(groups != "", own).tolist()
 
 
 def fold_hash(cfg: Config, k: int, fingerprint: str, folds: pd.DataFrame, init_id: str) -> str:

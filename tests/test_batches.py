@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,10 +19,11 @@ from deepfake_pipeline.runtime import Runtime
 PAIRS = np.array([f"video{i % 20}" for i in range(40)])
 
 
-def _batches(groups: np.ndarray | None, epoch: int = 0, rank: int = 0, world: int = 1) -> list[list[int]]:
+def _batches(groups: np.ndarray | None, epoch: int = 0, rank: int = 0, world: int = 1, skip: int = 0,
+             n: int = 40, size: int = 4) -> list[list[int]]:
     runtime = Runtime(torch.device("cpu"), rank=rank, world_size=world)
-    sampler = EpochBatches(list(range(40)), batch_size=4, runtime=runtime, seed=7, groups=groups)
-    sampler.set_position(epoch, 0)
+    sampler = EpochBatches(list(range(n)), batch_size=size, runtime=runtime, seed=7, groups=groups)
+    sampler.set_position(epoch, skip)
     return [[i for i, _ in batch] for batch in sampler]
 
 
@@ -48,6 +51,7 @@ def test_group_batches_keep_pairs_in_one_batch_and_reshuffle_each_epoch() -> Non
     assert _split_pairs(grouped) == 0
     assert _batches(PAIRS, epoch=1) != grouped and _split_pairs(_batches(PAIRS, epoch=1)) == 0
     assert _batches(PAIRS) == grouped  # (seed, epoch) decide it: a resumed epoch replays it
+    assert _batches(PAIRS, skip=3) == grouped[3:]  # resuming after 3 done batches gives the rest
 
 
 def test_group_batches_deal_whole_batches_to_ranks() -> None:
@@ -58,6 +62,15 @@ def test_group_batches_deal_whole_batches_to_ranks() -> None:
     assert all(_split_pairs(r) == 0 for r in ranks)
 
 
+@pytest.mark.parametrize(("n", "size", "world"), [(40, 4, 3), (4, 4, 2), (3, 4, 2), (9, 4, 4)])
+def test_group_batches_give_every_rank_the_same_number_of_full_batches(n: int, size: int, world: int) -> None:
+    """Awkward sizes, fewer batches than ranks included: each rank steps as often, never on an empty batch."""
+    groups = np.array([f"g{i // 2}" for i in range(n)])
+    ranks = [_batches(groups, rank=r, world=world, n=n, size=size) for r in range(world)]
+    assert len({len(r) for r in ranks}) == 1 and len(ranks[0]) >= 1
+    assert all(len(b) == min(size, n) for r in ranks for b in r)
+
+
 def test_group_batches_checks_its_groups() -> None:
     runtime = Runtime(torch.device("cpu"))
     with pytest.raises(ValueError, match="3 labels for 40 items"):
@@ -66,12 +79,16 @@ def test_group_batches_checks_its_groups() -> None:
         load_config(None, ["run.name=t", "finetune.group_batches=true"])
 
 
-def test_batch_groups_of_a_fold() -> None:
+def test_batch_groups_of_a_fold(tmp_path: Path) -> None:
     rows = pd.DataFrame({"Id": ["1", "2", "3", "4"], "group": ["v1", "v1", None, None], "target": [0, 1, 1, 0]})
     cfg = load_config(None, ["run.name=t", "finetune.group_column=group", "finetune.group_batches=true"])
     groups = _batch_groups(cfg, rows)
     assert groups[0] == groups[1] == "v1"
     assert len(set(groups)) == 3  # pseudo-labelled rows (no group) each stand alone
+    # ... also once folds.csv is read back, where a missing group is "" (as prepare_folds reads it)
+    rows.to_csv(tmp_path / "folds.csv", index=False)
+    back = pd.read_csv(tmp_path / "folds.csv", dtype={"Id": str}, keep_default_na=False)
+    assert _batch_groups(cfg, back) == groups
     assert _batch_groups(load_config(None, ["run.name=t", "finetune.group_column=group"]), rows) is None
     with pytest.raises(PipelineError, match="group_column"):
         _batch_groups(cfg, rows.drop(columns="group"))

@@ -356,6 +356,12 @@ def test_paired_val_auc_resamples_groups_and_finds_the_better_run(tmp_path: Path
     assert better["diff"] > 0.1 and better["share_above_0"] == 1.0 and 0.0 < better["se"] < better["diff"] / 3
     same = paired_difference(paired_rows(tmp_path / "a", tmp_path / "same", 0), resamples=50)
     assert same["diff"] == 0.0 and same["se"] == 0.0
+    # Every row written twice, the copies in one group: resampling the groups must see about sqrt(2) x the
+    # SE of resampling single rows (a row-level bootstrap would see the same SE both ways)
+    twice = pd.concat([rows.assign(group=rows["Id"])] * 2, ignore_index=True)
+    by_group = paired_difference(twice, resamples=400)["se"]
+    by_row = paired_difference(twice.assign(group=np.arange(len(twice))), resamples=400)["se"]
+    assert 1.2 < by_group / by_row < 1.7
     pd.read_csv(tmp_path / "b" / "fold0" / "val_preds.csv").iloc[:150].to_csv(
         tmp_path / "b" / "fold0" / "val_preds.csv", index=False)
     with pytest.raises(ValueError, match="same rows"):
