@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from deepfake_pipeline.checkpoint import load_state
+from deepfake_pipeline.engine import metric_is_better
 from deepfake_pipeline.errors import CheckpointError
 
 from .conftest import PYTHON, REPO
@@ -200,3 +201,16 @@ def test_ddp_finetune_matches_one_process(aligned: Path, tmp_path: Path, demo_ro
         assert len(metrics(b / f"fold{k}" / "metrics.jsonl")) == 2  # one writer
         assert json.loads((a / f"fold{k}" / "done.json").read_text())["best_epoch"] == \
             json.loads((b / f"fold{k}" / "done.json").read_text())["best_epoch"]
+
+
+def test_checkpoint_rule_keeps_the_first_epoch_of_a_tie() -> None:
+    """A saturated validation (val AUC 1.0 from the first epoch, as copies-only speech training gives)
+    keeps the first epoch that reached it: later epochs fit the self-made fakes further and carried less
+    to unseen generators (benchmarks/RESULTS.md, "the copies-only protocol again"). A rule of >= fails."""
+    assert metric_is_better("val_auc", 1.0, None)
+    assert not metric_is_better("val_auc", 1.0, 1.0)
+    assert metric_is_better("val_auc", 0.91, 0.9)
+    assert not metric_is_better("val_logloss", 0.2, 0.2)
+    assert metric_is_better("val_logloss", 0.1, 0.2)
+    assert not metric_is_better("val_auc", float("nan"), 0.5)
+    assert metric_is_better("val_auc", 0.5, float("nan"))
