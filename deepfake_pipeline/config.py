@@ -213,7 +213,7 @@ class FinetuneConfig:
     label_smoothing: float = 0.1
     ema: bool = True
     ema_decay: float = 0.999
-    select_metric: str = "val_auc"  # val_auc | val_f1 | val_logloss | val_acc
+    select_metric: str = "val_auc"  # val_auc | val_f1 | val_logloss | val_acc; a tie keeps the earlier epoch
     group_column: str | None = None  # StratifiedGroupKFold on this labels-CSV column
     # Each group's training rows side by side in the epoch's order, so they share a batch: a real face
     # and the fakes made from its video are told apart in one step. Needs group_column; meant for small

@@ -210,12 +210,19 @@ Evaluate = Callable[[nn.Module, int], dict[str, float]]
 OnBest = Callable[[nn.Module, int, dict[str, float]], None]
 
 
+# Smaller changes are rounding, not progress: a perfect AUC comes out as 1.0 or 0.9999999999999999 by
+# the order of the trapezoid sum, and a later perfect epoch must not displace the first one.
+METRIC_TIE = 1e-9
+
+
 def metric_is_better(name: str, value: float, best: float | None) -> bool:
+    """Whether ``value`` of metric ``name`` beats ``best`` by more than ``METRIC_TIE``: ties keep the
+    earlier epoch (where validation saturates, later epochs fit the training fakes further)."""
     if best is None or math.isnan(best):
         return not math.isnan(value)
     if math.isnan(value):
         return False
-    return value < best if name.endswith("loss") else value > best
+    return value < best - METRIC_TIE if name.endswith("loss") else value > best + METRIC_TIE
 
 
 class TrainLoop:

@@ -209,6 +209,8 @@ def test_checkpoint_rule_keeps_the_first_epoch_of_a_tie() -> None:
     to unseen generators (benchmarks/RESULTS.md, "the copies-only protocol again"). A rule of >= fails."""
     assert metric_is_better("val_auc", 1.0, None)
     assert not metric_is_better("val_auc", 1.0, 1.0)
+    assert not metric_is_better("val_auc", 1.0, 0.9999999999999999)  # the same perfect AUC, summed otherwise
+    assert not metric_is_better("val_logloss", 0.2 - 1e-15, 0.2)
     assert metric_is_better("val_auc", 0.91, 0.9)
     assert not metric_is_better("val_logloss", 0.2, 0.2)
     assert metric_is_better("val_logloss", 0.1, 0.2)
