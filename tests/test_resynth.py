@@ -108,13 +108,13 @@ def test_an_edit_here_makes_the_hand_made_fakes_stale_and_leaves_the_vocoders_ke
     and weights (an hour of CPU for a dataset's copies is not thrown away by an edit to ``lpc``), and
     not the seed, which it never draws from."""
     x = syllables(0.5, seed=6)
-    before = {m: cache_file(tmp_path, x, RATE, m, 1) for m in ("lpc", "hifigan", "hifigan16")}
+    before = {m: cache_file(tmp_path, x, RATE, m, 1) for m in ("lpc", "hifigan", "hifigan16", "hifigan16_smooth")}
     assert cache_file(tmp_path, x, RATE, "hifigan", 2) == before["hifigan"]
     assert cache_file(tmp_path, x, RATE, "lpc", 2) != before["lpc"]
     monkeypatch.setattr(resynth, "_SOURCE_DIGEST", "an edited resynth.py")
     after = _fresh_keys(tmp_path, x, before)
     assert after["lpc"] != before["lpc"]
-    assert after["hifigan"] == before["hifigan"] and after["hifigan16"] == before["hifigan16"]
+    assert all(after[m] == before[m] for m in ("hifigan", "hifigan16", "hifigan16_smooth"))
 
 
 def test_each_vocoders_kept_fakes_follow_its_own_weights_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

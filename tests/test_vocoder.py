@@ -5,6 +5,7 @@ gives recorded samples, so a wrong mapping, an unfolded weight norm or a changed
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -155,7 +156,17 @@ def test_the_smoothed_copy_is_the_same_generator_fed_a_blurred_mel() -> None:
         return float(np.abs(np.diff(m, axis=1)).mean())
 
     assert roughness(mel(x, vocoder.SMOOTH_16K)) < 0.8 * roughness(mel(x))
+    # The axes kept apart: a blur across frames alone smooths the frames far more than the bands
+    # (measured: to 0.60 and 0.80 of the sharp mel's; across bands alone, 0.77 and 0.13).
+    across_frames = dataclasses.replace(vocoder.NATIVE_16K, mel_blur=(2.0, 0.0))
+    sharp_mel, blurred = mel(x), mel(x, across_frames)
+
+    def band_roughness(m: np.ndarray) -> float:
+        return float(np.abs(np.diff(m, axis=0)).mean())
+
+    assert roughness(blurred) / roughness(sharp_mel) < 0.7 < band_roughness(blurred) / band_roughness(sharp_mel)
     assert vocoder.generator(vocoder.SMOOTH_16K) is vocoder.generator(vocoder.NATIVE_16K)
+    assert vocoder.weights_file(vocoder.SMOOTH_16K) == vocoder.weights_file(vocoder.NATIVE_16K)
     sharp, smooth = (vocoder.copy_synthesis(x, RATE, spec) for spec in (vocoder.NATIVE_16K, vocoder.SMOOTH_16K))
     assert len(smooth) == len(x)
     assert roughness(mel(smooth)) < roughness(mel(sharp))
