@@ -26,9 +26,11 @@ demo: $(STAMP)
 	    --set data.pseudo_labels=data/demo_diamonds.csv --set ssl.enabled=false \
 	    --set finetune.ssl_encoder=$(DEMO_RUN)/ssl/encoder.safetensors
 	$(PY) -m deepfake_pipeline.score weights/demo_round2/submission.csv data/demo/test_solution.csv --probs weights/demo_round2/test_probs.csv
+	$(PY) blend_runs.py --runs $(DEMO_RUN) weights/demo_round2 --out weights/demo_blend
+	$(PY) -m deepfake_pipeline.score weights/demo_blend/submission.csv data/demo/test_solution.csv --probs weights/demo_blend/test_probs.csv
 	$(PY) plot_training_curves.py --run $(DEMO_RUN)
 	$(PY) plot_training_curves.py --run weights/demo_round2
-	@echo "demo done: weights/demo/ (round 1), weights/demo_round2/ (with diamonds); plots in */plots/report.html"
+	@echo "demo done: weights/demo/ (round 1), weights/demo_round2/ (with diamonds), weights/demo_blend/ (the two blended); plots in */plots/report.html"
 
 # The speech path on a synthetic speech-like set: stage 1 (spectrogram windows), SSL, 3 folds grouped
 # by speaker, per-clip prediction, diamonds, plots.
@@ -58,7 +60,7 @@ chaos: $(STAMP)
 	$(PY) -m pytest -q tests/test_chaos.py tests/test_training.py tests/test_align.py tests/test_fallback.py
 
 clean-demo:
-	rm -rf data/demo data/demo_faces_128 data/demo_diamonds.csv $(DEMO_RUN) weights/demo_round2
+	rm -rf data/demo data/demo_faces_128 data/demo_diamonds.csv $(DEMO_RUN) weights/demo_round2 weights/demo_blend
 	rm -rf data/demo_audio data/demo_audio_128 data/demo_audio_diamonds.csv weights/demo_audio
 
 # Offline installs (Kaggle notebooks with the internet off, the GPU check's machine): wheels of every

@@ -345,3 +345,27 @@ def test_predict_names_the_rule_its_threshold_was_chosen_by(run: Path, tmp_path:
     assert json.loads((copy / "threshold.json").read_text())["max_real_fpr"] == 0.0
     calls = pd.read_csv(copy / "submission.csv", dtype={"Id": str})["target_feature"]
     assert seen == [(float(calls.mean()), threshold_rule(0.0))]
+
+
+def test_a_run_blended_with_its_copy_is_that_run(run: Path, tmp_path: Path) -> None:
+    """blend_runs.py reads the run contract as predict writes it: the blend of a finished run and an
+    identical copy has the run's own test probabilities, threshold (chosen again on the blended OOF by
+    the run's rule) and calls. A blend reading another scale (raw logits, uncalibrated OOF) or another
+    threshold rule fails this."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    shutil.copytree(run, first)
+    proc = run_cli(["train.py", "--config", str(first / "config.yaml"), "--stage", "predict", "--set", f"run.dir={first}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shutil.copytree(first, second)
+    proc = run_cli(["blend_runs.py", "--runs", str(first), str(second), "--out", str(tmp_path / "blend")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    own = json.loads((first / "threshold.json").read_text())
+    blended = json.loads((tmp_path / "blend" / "threshold.json").read_text())
+    assert blended["threshold"] == pytest.approx(own["threshold"], abs=1e-9)
+    assert blended["oof_auc"] == pytest.approx(own["oof_auc"], abs=1e-9)
+    probs = pd.read_csv(first / "test_probs.csv", dtype={"Id": str})
+    blend_probs = pd.read_csv(tmp_path / "blend" / "test_probs.csv", dtype={"Id": str})
+    assert list(blend_probs["Id"]) == list(probs["Id"])
+    assert np.allclose(blend_probs["prob"], probs["prob"], atol=1e-9)
+    calls = pd.read_csv(first / "submission.csv", dtype={"Id": str})
+    assert pd.read_csv(tmp_path / "blend" / "submission.csv", dtype={"Id": str}).equals(calls)
