@@ -19,7 +19,12 @@ from deepfake_pipeline.cli import run_main, setup_logging
 
 
 def _fpr(value: str) -> float | None:
-    return None if value.lower() == "none" else float(value)
+    if value.lower() == "none":
+        return None
+    share = float(value)
+    if not 0.0 <= share < 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"a share in [0, 1) or none, not {value}")
+    return share
 
 
 def main(argv: Sequence[str] | None = None) -> int:

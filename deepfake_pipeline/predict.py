@@ -124,7 +124,8 @@ def fold_agreement(per_fold: np.ndarray, threshold: float) -> dict[str, object]:
     }
 
 
-def check_fake_share(called: float, expected: float, n: int, rule: str = "the OOF F1 threshold") -> bool:
+def check_fake_share(called: float, expected: float, n: int, rule: str = "the OOF F1 threshold",
+                     what: str = "predict") -> bool:
     """Warn when the share called fake is far from what the calibrated probabilities expect.
 
     The mean calibrated probability estimates the test set's share of fakes; the threshold should
@@ -138,7 +139,7 @@ def check_fake_share(called: float, expected: float, n: int, rule: str = "the OO
     se = max(np.sqrt(max(expected * (1 - expected), 1e-6) / max(n, 1)), 1e-9)
     off = abs(called - expected) > max(4 * se, 0.10)
     if off:
-        log.warning("predict: %.1f%% of the test images are called fake, but their calibrated probabilities "
+        log.warning("%s: %.1f%% of the test images are called fake, but their calibrated probabilities "
                     "expect %.1f%%: %s may not suit this test set (check test_probs.csv)",
-                    100 * called, 100 * expected, rule)
+                    what, 100 * called, 100 * expected, rule)
     return not off
