@@ -207,6 +207,9 @@ class SSLConfig:
 class FinetuneConfig:
     folds: int = 5
     run_folds: list[int] | None = None  # train only these folds (default: all)
+    # The folds' own seed (default: run.seed). Runs meant for one blend (blend_runs.py) that differ in
+    # run.seed keep the same folds with it, so their out-of-fold rows compare model with model.
+    fold_seed: int | None = None
     epochs: int = 25
     batch_size: int = 32
     init: str = "ssl"  # ssl | pretrained | scratch
@@ -297,7 +300,8 @@ _RUNTIME_KEYS = {
     "align": {"batch_size", "workers", "device", "max_unreadable_share"},
     "run": {"device", "workers", "progress", "compile", "compile_backend", "dir", "name"},
     "predict": {"batch_size"},
-    "finetune": {"max_real_fpr"},
+    # fold_seed: the folds it draws are hashed themselves (folds_hash, fold_hash), so runs from before it keep theirs
+    "finetune": {"max_real_fpr", "fold_seed"},
 }
 
 

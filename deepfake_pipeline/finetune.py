@@ -58,13 +58,18 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------- folds
 
 
+def fold_seed(cfg: Config) -> int:
+    """The seed the folds are drawn with: ``finetune.fold_seed``, else ``run.seed``."""
+    return cfg.run.seed if cfg.finetune.fold_seed is None else cfg.finetune.fold_seed
+
+
 def folds_hash(cfg: Config, labels: pd.DataFrame, pseudo: pd.DataFrame | None,
                originals: pd.DataFrame | None = None, made: pd.DataFrame | None = None) -> str:
     """What the folds depend on: their number, the seed, the labels and each row's group (the values,
     not only the column's name), the pseudo labels, the folds diamonds were mined with and the
     self-made fakes."""
     extra = {
-        "folds": cfg.finetune.folds, "seed": cfg.run.seed, "group": cfg.finetune.group_column,
+        "folds": cfg.finetune.folds, "seed": fold_seed(cfg), "group": cfg.finetune.group_column,
         "labels": labels[[c for c in ("Id", "target", "group") if c in labels.columns]].to_csv(index=False),
         "pseudo": None if pseudo is None else pseudo.to_csv(index=False),
         "mined_folds": None if originals is None else originals.to_csv(index=False),
@@ -172,7 +177,7 @@ def prepare_folds(cfg: Config, paths: RunPaths, runtime: Runtime, force: bool,
             folds = mined_folds(labels, originals, cfg.finetune.folds, str(cfg.data.pseudo_labels))
             log.info("finetune: folds taken from %s (the folds its diamonds were mined with)", cfg.data.pseudo_labels)
         else:
-            folds = make_folds(labels, cfg.finetune.folds, cfg.run.seed, real_only=len(made) > 0)
+            folds = make_folds(labels, cfg.finetune.folds, fold_seed(cfg), real_only=len(made) > 0)
         folds["is_pseudo"] = 0
         folds["pseudo_fold"] = -1
         if pseudo is not None:

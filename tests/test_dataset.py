@@ -209,6 +209,20 @@ def test_folds_hash_covers_the_group_values(tmp_path: Path) -> None:
         _prepare(tmp_path, root, "finetune.group_column=video")
 
 
+def test_fold_seed_keeps_the_folds_when_run_seed_changes(tmp_path: Path) -> None:
+    """Runs for one blend: another run.seed with finetune.fold_seed set draws the same folds as the
+    run whose run.seed that was; without it, other folds. A fold_seed ignored, or the folds drawn from
+    run.seed, fails this."""
+    root = make_layout(tmp_path / "data", n_train=30)
+    base = _prepare(tmp_path / "a", root, "run.seed=42")
+    same = _prepare(tmp_path / "b", root, "run.seed=7", "finetune.fold_seed=42")
+    other = _prepare(tmp_path / "c", root, "run.seed=7")
+    assert same["fold"].tolist() == base["fold"].tolist()
+    assert other["fold"].tolist() != base["fold"].tolist()
+    assert _prepare(tmp_path / "d", root, "run.seed=42", "finetune.fold_seed=7")["fold"].tolist() == \
+        other["fold"].tolist()
+
+
 def test_round_two_refuses_inherited_folds_that_split_a_group(tmp_path: Path) -> None:
     """Per-fold diamonds make round 2 keep round 1's folds. Mined from a round that ignored the videos,
     those folds put the two frames of a video in two folds: refused, never trained on."""
