@@ -334,12 +334,12 @@ def test_speaker_encoder_mel_bank_is_librosas() -> None:
     assert abs(bank[10].max() - 0.01187948975712061) < 1e-8 and abs(bank[0, 1] - 0.007390209473669529) < 1e-8
 
 
-def test_paired_val_auc_resamples_groups_and_finds_the_better_run(tmp_path: Path) -> None:
+def test_paired_auc_resamples_groups_and_finds_the_better_run(tmp_path: Path) -> None:
     """Run B's logits carry the target more strongly than A's on the same 200 rows in 100 pairs."""
     import numpy as np
     import pandas as pd
 
-    from benchmarks.paired_val_auc import paired_difference, paired_rows
+    from benchmarks.paired_auc import paired_difference, paired_rows
 
     rng = np.random.default_rng(0)
     ids, target = [f"i{i}" for i in range(200)], np.arange(200) % 2
@@ -366,3 +366,45 @@ def test_paired_val_auc_resamples_groups_and_finds_the_better_run(tmp_path: Path
         tmp_path / "b" / "fold0" / "val_preds.csv", index=False)
     with pytest.raises(ValueError, match="same rows"):
         paired_rows(tmp_path / "a", tmp_path / "b", 0)
+
+
+def test_paired_auc_reads_finished_runs_oof_and_test_rows(tmp_path: Path) -> None:
+    """A run and a better one (or a blend folder: the same files) on their OOF and test rows: the OOF
+    rows resample the dataset's groups and leave self-made fakes out; the test rows take their targets
+    from test_solution.csv, in its order or not. Scoring the test rows against the wrong targets, a
+    self-made fake counted, or rows resampled alone where the dataset groups them fails this."""
+    import numpy as np
+    import pandas as pd
+
+    from benchmarks.paired_auc import paired_difference, paired_rows
+
+    rng = np.random.default_rng(1)
+    n = 200
+    ids, target = [f"0{i}" for i in range(n)], np.arange(n) % 2  # leading zeros: Ids stay strings
+    noise = rng.normal(size=n)
+    data = tmp_path / "data"
+    data.mkdir()
+    pd.DataFrame({"Id": ids, "target_feature": target, "group": [f"v{i // 2}" for i in range(n)]}).to_csv(
+        data / "train_solution.csv", index=False)
+    pd.DataFrame({"Id": ids[::-1], "target_feature": target[::-1]}).to_csv(data / "test_solution.csv", index=False)
+    for name, weight in (("a", 0.5), ("b", 1.5)):
+        run = tmp_path / name
+        run.mkdir()
+        prob = 1 / (1 + np.exp(-(weight * (2 * target - 1) + noise)))
+        made = pd.DataFrame({"Id": ["0~made"], "target": [1], "prob": [0.0 if name == "b" else 1.0],
+                             "made_by": ["hifigan16"]})
+        pd.concat([pd.DataFrame({"Id": ids, "target": target, "prob": prob, "made_by": ""}), made]).to_csv(
+            run / "oof.csv", index=False)
+        pd.DataFrame({"Id": ids, "prob": prob}).to_csv(run / "test_probs.csv", index=False)
+    oof = paired_rows(tmp_path / "a", tmp_path / "b", rows="oof", dataset=data)
+    assert len(oof) == n and "0~made" not in set(oof["Id"]) and oof["group"].nunique() == n // 2
+    better = paired_difference(oof, resamples=200)
+    assert better["diff"] > 0.1 and better["share_above_0"] == 1.0
+    test = paired_rows(tmp_path / "a", tmp_path / "b", rows="test", dataset=data)
+    assert test["group"].nunique() == n  # no group column in test_solution.csv: each row alone
+    assert abs(paired_difference(test, resamples=50)["auc_b"] - better["auc_b"]) < 1e-12
+    with pytest.raises(ValueError, match="--dataset"):
+        paired_rows(tmp_path / "a", tmp_path / "b", rows="test")
+    pd.DataFrame({"Id": ids[:-1], "target_feature": target[:-1]}).to_csv(data / "test_solution.csv", index=False)
+    with pytest.raises(ValueError, match="not in"):
+        paired_rows(tmp_path / "a", tmp_path / "b", rows="test", dataset=data)
