@@ -59,6 +59,10 @@ def test_value_checks() -> None:
         load_config(REPO / "configs/demo.yaml", ["ssl.mask_ratio=1.5"])
     with pytest.raises(ConfigError, match="run.channels_last: 'sometimes'"):
         load_config(REPO / "configs/demo.yaml", ["run.channels_last=sometimes"])
+    with pytest.raises(ConfigError, match=r"finetune.fold_seed: -1 is not in \[0, 2\*\*32\)"):
+        load_config(REPO / "configs/demo.yaml", ["finetune.fold_seed=-1"])
+    with pytest.raises(ConfigError, match="run.seed"):
+        load_config(REPO / "configs/demo.yaml", [f"run.seed={2**32}"])
     # the boolean this setting once was still loads (OmegaConf turns it into "False": never)
     assert load_config(REPO / "configs/demo.yaml", ["run.channels_last=false"]).run.channels_last == "False"
 
@@ -78,6 +82,9 @@ def test_stage_hash_ignores_runtime_keys() -> None:
     other_size = load_config(REPO / "configs/demo.yaml", ["align.size=64"])
     assert stage_hash(base, ["data", "align"]) == stage_hash(more_workers, ["data", "align"])
     assert stage_hash(base, ["data", "align"]) != stage_hash(other_size, ["data", "align"])
+    # finetune.fold_seed acts through the folds, which are hashed themselves: runs made before it keep theirs
+    with_fold_seed = load_config(REPO / "configs/demo.yaml", ["finetune.fold_seed=42"])
+    assert stage_hash(base, ["model", "finetune"]) == stage_hash(with_fold_seed, ["model", "finetune"])
 
 
 def test_cli_exit_code_2_on_config_error(tmp_path: Path) -> None:
