@@ -154,12 +154,13 @@ def main(argv: list[str] | None = None) -> int:
         return [files[i] for i in ids]
 
     from deepfake_pipeline.dataset import make_folds
+    from deepfake_pipeline.finetune import fold_seed
 
     y = train["target_feature"].to_numpy()
     labels = pd.DataFrame({"Id": train["Id"], "target": y})
     if args.group:
         labels["group"] = train[args.group].astype(str)
-    folds = make_folds(labels, 5, cfg.run.seed)["fold"].to_numpy()
+    folds = make_folds(labels, 5, fold_seed(cfg))["fold"].to_numpy()
     oof, (prob,) = oof_and_test(features(model, paths("train", list(train["Id"]))), y, folds,
                                 features(model, paths("test", list(test["Id"]))))
     print(f"{root.name}: frozen {cfg.model.backbone} probe, raw images at {SIZE} px: "

@@ -6,12 +6,14 @@ rows (a blend folder of ``blend_runs.py`` has the ``oof`` and ``test`` files of 
 
 - ``fold`` (default): one fold's validation rows (``<run>/fold<K>/val_preds.csv`` logits), for two
   settings tried on one fold (``finetune.run_folds=[K]``);
-- ``oof``: the finished runs' out-of-fold rows (``oof.csv``, calibrated ``prob``; self-made fakes left
-  out, as the pipeline's OOF AUC leaves them);
+- ``oof``: the finished runs' out-of-fold rows (``oof.csv``, calibrated ``prob``);
 - ``test``: the finished runs' ``test_probs.csv`` against ``<dataset>/test_solution.csv``.
 
-Groups: the dataset's labels CSV column ``--group-column`` where ``--dataset`` is given and has it,
-else (fold and oof rows) run A's ``folds.csv`` ``group``, else each row alone.
+Rows are taken as the pipeline's AUCs take them: self-made fakes left out unless the dataset's own
+rows hold one class (``trained.reference_mask``). Each row's group: the dataset's labels CSV column
+``--group-column`` where ``--dataset`` is given and names one for it (the labels are checked against
+the runs'), else (fold and oof rows) run A's or run B's ``folds.csv`` group, else the row alone; the
+printout counts each source, so rows resampled alone by mistake show.
 
     python benchmarks/paired_auc.py RUN_A RUN_B [--fold 0] [--resamples 1000]
     python benchmarks/paired_auc.py RUN_A BLEND --rows oof --dataset ../shared/datasets/dfdc_faces
@@ -36,30 +38,24 @@ ROWS = ("fold", "oof", "test")
 
 
 def _scored(run: Path, rows: str, fold: int) -> pd.DataFrame:
-    """One run's rows: Id, score (and target where the file has it)."""
-    if rows == "fold":
-        frame = pd.read_csv(run / f"fold{fold}" / "val_preds.csv", dtype={"Id": str}, keep_default_na=False)
-        column = "logit"
-    elif rows == "oof":
-        frame = pd.read_csv(run / "oof.csv", dtype={"Id": str}, keep_default_na=False)
-        column = "prob"
-    else:
-        frame = pd.read_csv(run / "test_probs.csv", dtype={"Id": str}, keep_default_na=False)
-        column = "prob"
-    if "made_by" in frame.columns:  # as the pipeline's AUCs: real items only, no self-made fakes
-        frame = frame[frame["made_by"] == ""]
-    keep = ["Id", "target", column] if "target" in frame.columns else ["Id", column]
+    """One run's rows: Id, score, made_by (and target where the file has it)."""
+    name, column = {"fold": (f"fold{fold}/val_preds.csv", "logit"), "oof": ("oof.csv", "prob"),
+                    "test": ("test_probs.csv", "prob")}[rows]
+    frame = pd.read_csv(run / name, dtype={"Id": str}, keep_default_na=False)
+    frame["made_by"] = frame["made_by"].astype(str) if "made_by" in frame.columns else ""
+    keep = ["Id", "target", column, "made_by"] if "target" in frame.columns else ["Id", column, "made_by"]
     return frame[keep].rename(columns={column: "score"})
 
 
 def _dataset_labels(dataset: Path, split: str, group_column: str) -> pd.DataFrame:
-    """Id, target (and group) of the dataset's ``<split>_solution.csv``, read as the pipeline reads it."""
-    from deepfake_pipeline.dataset import read_labels
+    """Id, target (and group) of the dataset's ``<split>_solution.csv``, read as the pipeline reads it
+    (an Id's file extension, image or audio, stripped)."""
+    from deepfake_pipeline.dataset import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, read_labels
 
-    frame, errors = read_labels(dataset / f"{split}_solution.csv", group_column)
-    missing = [e for e in errors if "group column" in e]
-    if missing:  # no group column: each row is its own group
-        frame, errors = read_labels(dataset / f"{split}_solution.csv")
+    path, extensions = dataset / f"{split}_solution.csv", IMAGE_EXTENSIONS | AUDIO_EXTENSIONS
+    frame, errors = read_labels(path, group_column, extensions)
+    if any("group column" in e for e in errors):  # no group column: the rows are grouped otherwise
+        frame, errors = read_labels(path, None, extensions)
     if errors:
         raise ValueError("; ".join(errors[:3]))
     return frame
@@ -67,19 +63,26 @@ def _dataset_labels(dataset: Path, split: str, group_column: str) -> pd.DataFram
 
 def paired_rows(run_a: Path, run_b: Path, fold: int = 0, rows: str = "fold", dataset: Path | None = None,
                 group_column: str = "group") -> pd.DataFrame:
-    """The rows both runs scored: Id, target, score_a, score_b, group."""
+    """The rows both runs scored, as the pipeline's AUCs take them (self-made fakes left out unless the
+    dataset's own rows hold one class, ``trained.reference_mask``): Id, target, score_a, score_b, group.
+    ``attrs["groups_from"]`` counts where the rows' groups came from."""
+    from deepfake_pipeline.trained import reference_mask
+
     if rows not in ROWS:
         raise ValueError(f"rows: one of {ROWS}, not {rows!r}")
     if rows == "test" and dataset is None:
         raise ValueError("test rows need --dataset (its test_solution.csv holds the targets)")
     a, b = _scored(run_a, rows, fold), _scored(run_b, rows, fold)
-    labels = None if dataset is None else _dataset_labels(dataset, "test" if rows == "test" else "train",
-                                                           group_column)
+    split = "test" if rows == "test" else "train"
+    labels = None if dataset is None else _dataset_labels(dataset, split, group_column)
     where = f"fold {fold}" if rows == "fold" else f"{rows} rows"
     table = a.merge(b, on="Id", suffixes=("_a", "_b"))
     if len(table) != len(a) or len(table) != len(b):
         raise ValueError(f"{where}: the two runs did not score the same rows ({len(a)} and {len(b)}, "
                          f"{len(table)} in common)")
+    if (table["made_by_a"] != table["made_by_b"]).any():
+        raise ValueError(f"{where}: the two runs disagree on which rows are self-made fakes")
+    table = table.rename(columns={"made_by_a": "made_by"}).drop(columns="made_by_b")
     if rows == "test":
         known = table.merge(labels, on="Id", how="inner")
         if len(known) != len(table):
@@ -90,26 +93,38 @@ def paired_rows(run_a: Path, run_b: Path, fold: int = 0, rows: str = "fold", dat
             raise ValueError(f"{where}: the two runs did not score the same rows with the same labels")
         table = table.rename(columns={"target_a": "target"}).drop(columns="target_b")
         if labels is not None:
-            table = table.merge(labels.drop(columns="target"), on="Id", how="left")
-    table["group"] = _groups(table, run_a, rows)
+            table = table.merge(labels.rename(columns={"target": "dataset_target"}), on="Id", how="left")
+            differ = table["dataset_target"].notna() & (table["dataset_target"] != table["target"])
+            if differ.any():
+                raise ValueError(f"{where}: Id {table.loc[differ, 'Id'].iloc[0]!r} has another label in "
+                                 f"{dataset}/{split}_solution.csv than in the runs: another dataset?")
+    table = table[reference_mask(table)].reset_index(drop=True)
+    table["group"], counts = _groups(table, [run_a, run_b] if rows != "test" else [])
+    table.attrs["groups_from"] = counts
     return table[["Id", "target", "score_a", "score_b", "group"]]
 
 
-def _groups(table: pd.DataFrame, run_a: Path, rows: str) -> pd.Series:
-    """Each row's resampling group: the dataset's, else run A's folds.csv's, else the row itself."""
-    own = "row:" + table["Id"]
+def _groups(table: pd.DataFrame, runs: list[Path]) -> tuple[pd.Series, dict[str, int]]:
+    """Each row's resampling group: the dataset's, else the first run's ``folds.csv`` that names one
+    (labelled rows), else the row itself; and how many rows took each source."""
+    group = pd.Series("", index=table.index, dtype=object)
+    counts: dict[str, int] = {}
     if "group" in table.columns:
-        named = table["group"].fillna("").astype(str)
-    elif rows != "test" and (run_a / "folds.csv").is_file():
-        folds = pd.read_csv(run_a / "folds.csv", dtype={"Id": str, "group": str}, keep_default_na=False)
+        group = table["group"].fillna("").astype(str)
+        counts["dataset"] = int((group != "").sum())
+    for run in runs:
+        if not (run / "folds.csv").is_file():
+            continue
+        folds = pd.read_csv(run / "folds.csv", dtype={"Id": str, "group": str}, keep_default_na=False)
         if "group" not in folds.columns:
-            return own
+            continue
         if "is_pseudo" in folds.columns:  # labelled rows only: a pseudo-labelled Id may repeat across folds
             folds = folds[folds["is_pseudo"] == 0]
-        named = table["Id"].map(folds.set_index("Id")["group"]).fillna("")
-    else:
-        return own
-    return own.where(named == "", "group:" + named)
+        fill = (group == "") & table["Id"].isin(folds["Id"])
+        group[fill] = table.loc[fill, "Id"].map(folds.set_index("Id")["group"]).fillna("")
+        counts[f"{run.name}/folds.csv"] = int((fill & (group != "")).sum())
+    counts["alone"] = int((group == "").sum())
+    return ("row:" + table["Id"]).where(group == "", "group:" + group), counts
 
 
 def paired_difference(rows: pd.DataFrame, resamples: int = 1000, seed: int = 0) -> dict[str, float]:
@@ -148,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = paired_rows(args.run_a, args.run_b, args.fold, args.rows, args.dataset, args.group_column)
     r = paired_difference(rows, args.resamples)
     where = f"fold {args.fold}" if args.rows == "fold" else f"{args.rows} rows"
-    print(f"{where}: {r['rows']} rows in {r['groups']} groups; AUC A {r['auc_a']:.4f}, B {r['auc_b']:.4f}; "
+    sources = ", ".join(f"{n} from {k}" for k, n in rows.attrs["groups_from"].items() if n)
+    print(f"{where}: {r['rows']} rows in {r['groups']} groups ({sources}); AUC A {r['auc_a']:.4f}, B {r['auc_b']:.4f}; "
           f"B - A {r['diff']:+.4f} (group bootstrap SE {r['se']:.4f}; B above A in {r['share_above_0']:.1%} "
           "of resamples)")
     return 0

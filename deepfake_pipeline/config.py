@@ -429,8 +429,8 @@ def _check_values(cfg: Config) -> None:
     if cfg.finetune.folds < 2:
         problems.append("finetune.folds: at least 2 folds are needed")
     for key, seed in (("run.seed", cfg.run.seed), ("finetune.fold_seed", cfg.finetune.fold_seed)):
-        if seed is not None and not 0 <= seed < 2**32:  # the fold splitters' (and NumPy's) seed range
-            problems.append(f"{key}: {seed} is not in [0, 2**32)")
+        if seed is not None and not 0 <= seed < 2**31:  # seed + fold stays a valid splitter / NumPy seed
+            problems.append(f"{key}: {seed} is not in [0, 2**31)")
     if cfg.finetune.group_batches and not cfg.finetune.group_column:
         problems.append("finetune.group_batches: needs finetune.group_column (the groups to keep together)")
     if cfg.finetune.max_real_fpr is not None and not 0.0 <= cfg.finetune.max_real_fpr < 1.0:

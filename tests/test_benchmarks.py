@@ -405,6 +405,26 @@ def test_paired_auc_reads_finished_runs_oof_and_test_rows(tmp_path: Path) -> Non
     assert abs(paired_difference(test, resamples=50)["auc_b"] - better["auc_b"]) < 1e-12
     with pytest.raises(ValueError, match="--dataset"):
         paired_rows(tmp_path / "a", tmp_path / "b", rows="test")
+    # Rows the dataset does not list (a run with data.extra_roots) take run A's folds.csv groups, not
+    # groups of one; a dataset whose labels differ from the runs' is refused
+    pd.DataFrame({"Id": [*ids, "x__1", "x__2"], "target": [*target, 0, 1], "fold": 0, "is_pseudo": 0,
+                  "group": [*(f"v{i // 2}" for i in range(n)), "x__v", "x__v"]}).to_csv(
+        tmp_path / "a" / "folds.csv", index=False)
+    for name in ("a", "b"):
+        extra = pd.DataFrame({"Id": ["x__1", "x__2"], "target": [0, 1], "prob": [0.4, 0.6], "made_by": ""})
+        pd.concat([pd.read_csv(tmp_path / name / "oof.csv", dtype={"Id": str}, keep_default_na=False), extra]).to_csv(
+            tmp_path / name / "oof.csv", index=False)
+    mixed = paired_rows(tmp_path / "a", tmp_path / "b", rows="oof", dataset=data)
+    assert mixed.attrs["groups_from"] == {"dataset": n, "a/folds.csv": 2, "alone": 0}
+    assert mixed["group"].nunique() == n // 2 + 1
+    (data / "train_solution.csv").write_text((data / "train_solution.csv").read_text().replace("\n00,0,", "\n00,1,"))
+    with pytest.raises(ValueError, match="another label"):
+        paired_rows(tmp_path / "a", tmp_path / "b", rows="oof", dataset=data)
+    # Runs that saw real items only beside self-made fakes: their AUC is read on both, as the pipeline's is
+    for name in ("a", "b"):
+        pd.DataFrame({"Id": ["r1", "r2", "r1~m", "r2~m"], "target": [0, 0, 1, 1], "prob": [0.2, 0.3, 0.7, 0.9],
+                      "made_by": ["", "", "m", "m"]}).to_csv(tmp_path / name / "oof.csv", index=False)
+    assert len(paired_rows(tmp_path / "a", tmp_path / "b", rows="oof")) == 4
     pd.DataFrame({"Id": ids[:-1], "target_feature": target[:-1]}).to_csv(data / "test_solution.csv", index=False)
     with pytest.raises(ValueError, match="not in"):
         paired_rows(tmp_path / "a", tmp_path / "b", rows="test", dataset=data)

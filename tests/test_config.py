@@ -59,10 +59,10 @@ def test_value_checks() -> None:
         load_config(REPO / "configs/demo.yaml", ["ssl.mask_ratio=1.5"])
     with pytest.raises(ConfigError, match="run.channels_last: 'sometimes'"):
         load_config(REPO / "configs/demo.yaml", ["run.channels_last=sometimes"])
-    with pytest.raises(ConfigError, match=r"finetune.fold_seed: -1 is not in \[0, 2\*\*32\)"):
+    with pytest.raises(ConfigError, match=r"finetune.fold_seed: -1 is not in \[0, 2\*\*31\)"):
         load_config(REPO / "configs/demo.yaml", ["finetune.fold_seed=-1"])
-    with pytest.raises(ConfigError, match="run.seed"):
-        load_config(REPO / "configs/demo.yaml", [f"run.seed={2**32}"])
+    with pytest.raises(ConfigError, match=r"run.seed: 2147483648 is not in \[0, 2\*\*31\)"):
+        load_config(REPO / "configs/demo.yaml", [f"run.seed={2**31}"])
     # the boolean this setting once was still loads (OmegaConf turns it into "False": never)
     assert load_config(REPO / "configs/demo.yaml", ["run.channels_last=false"]).run.channels_last == "False"
 
